@@ -132,12 +132,13 @@ block_params<Scale> params_for_range(float lo, float hi) noexcept {
   return p;
 }
 
-/// The OCP MX scale for a block of absolute maximum amax: 2^(floor(log2 amax) - floor(log2 fmax)).
+/// The OCP MX scale for a block of absolute maximum amax: 2^(floor(log2 amax) - floor(log2 fmax)),
+/// fmax the format's largest positive value (its emax: 2 for e2m1, 8 for e4m3, 6 for int8).
 template <class F, class Scale>
 block_params<Scale> mx_params(float amax, int exponent_offset) noexcept {
   block_params<Scale> p;
   if (amax > 0.0f) {
-    const int e = floor_log2(amax) - floor_log2(format_range<F>().max_abs()) + exponent_offset;
+    const int e = floor_log2(amax) - floor_log2(format_range<F>().max) + exponent_offset;
     p.stored = e8m0::from_exponent(e);
   } else {
     p.stored = scale_traits<Scale>::encode(0.0f);
