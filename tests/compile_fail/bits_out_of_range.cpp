@@ -1,0 +1,15 @@
+// EXPECT: bits must be between 1 and 8
+// Codes wider than a byte are refused.
+#include <quant/quant.hpp>
+struct my_fmt {};
+template <>
+struct quant::format_traits<my_fmt> {
+  static constexpr std::string_view name = "mine";
+  static constexpr unsigned bits = 12;
+  static constexpr std::uint32_t id = 0x80000000;
+  static constexpr std::uint32_t layout_version = 1;
+  static std::uint8_t encode(float) { return 0; }
+  static float decode(std::uint8_t) { return 0.0f; }
+};
+static_assert(quant::check_format<my_fmt>());
+int main() {}
