@@ -74,6 +74,7 @@ TEST_CASE("every element is within half a quantization step for integer formats 
   check(static_cast<int4*>(nullptr), per_group<64, asymmetric>{});
   check(static_cast<int3*>(nullptr), per_group<dynamic_group, symmetric>{40});
   check(static_cast<int2*>(nullptr), per_tensor<asymmetric>{});
+  check(static_cast<int4*>(nullptr), per_group<32, asymmetric, e8m0>{});  // power-of-two scale rounds up
 }
 
 TEST_CASE("each group's scale depends only on its own columns, the short tail group included") {

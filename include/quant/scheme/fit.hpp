@@ -9,8 +9,8 @@
 //                     s = 2^(floor(log2 amax) - floor(log2 fmax)), which may clip the largest
 //                     values, as the spec prescribes.
 //                     Asymmetric: the range [min(wmin, 0), max(wmax, 0)] (it always holds zero,
-//                     so 0 is exact and nothing clips), s = range / (2^bits - 1), and the integer
-//                     zero point z = round(-lo / s).
+//                     so 0 is exact and nothing clips), s = range / (2^bits - 1) (rounded up to
+//                     a power of two for e8m0 scales), and the integer zero point z = round(-lo / s).
 //   mse               Tries clip_grid shrink factors p = 1 - k * clip_max_shrink / clip_grid
 //                     (1.0 down to 0.525 by default) of the minmax range and keeps the one with
 //                     the lowest squared error of the block (the earliest on ties); e8m0 scales
@@ -113,7 +113,13 @@ block_params<Scale> params_for_range(float lo, float hi) noexcept {
     lo = lo < 0.0f ? lo : 0.0f;
     hi = hi > 0.0f ? hi : 0.0f;
     constexpr float qmax = static_cast<float>((1u << format_traits<F>::bits) - 1u);
-    p.stored = ST::encode((hi - lo) / qmax);
+    const float s = (hi - lo) / qmax;
+    if constexpr (ST::power_of_two) {  // round up: a smaller power of two would clip the range
+      const int e = s > 0.0f ? floor_log2(s) : e8m0::min_exponent;
+      p.stored = s > 0.0f ? e8m0::from_exponent(std::ldexp(1.0f, e) < s ? e + 1 : e) : ST::encode(0.0f);
+    } else {
+      p.stored = ST::encode(s);
+    }
     p.scale = ST::decode(p.stored);
     if (p.scale > 0.0f) {
       float z = std::nearbyint(-lo / p.scale);
