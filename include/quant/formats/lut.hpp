@@ -55,7 +55,8 @@ struct lut_traits {
       const std::size_t mid = (lo + hi) / 2;
       (Table[mid] <= v ? lo : hi) = mid;
     }
-    const float dl = v - Table[lo], dh = Table[hi] - v;
+    // In double both distances are exact (a float difference can round two unequal ones equal).
+    const double dl = static_cast<double>(v) - Table[lo], dh = static_cast<double>(Table[hi]) - v;
     if (dl < dh) return static_cast<std::uint8_t>(lo);
     if (dh < dl) return static_cast<std::uint8_t>(hi);
     return static_cast<std::uint8_t>(lo % 2 == 0 ? lo : hi);
