@@ -120,7 +120,11 @@ class tensor_view {
       return scale(k) * traits::decode(code(r, c));
   }
 
-  /// Internal: rebinding without re-validation (used by conversions and tensor).
+ private:
+  template <class, class>
+  friend class tensor_view;
+
+  // Rebinds already validated parts (the mutable-to-const conversion).
   static tensor_view from_parts(const storage_requirements& req, const Gran& gran, byte_type* codes,
                                 scale_element* scales, byte_type* zeros) noexcept {
     tensor_view v;
@@ -132,7 +136,6 @@ class tensor_view {
     return v;
   }
 
- private:
   void check_size(const char* arg, const char* unit, std::size_t got, std::size_t want, const void* data) const {
     if (got != want)
       detail::fail("quant::tensor_view: ", arg, " has ", got, ' ', unit, ", expected ", want, " for a ", rows(), " x ",
