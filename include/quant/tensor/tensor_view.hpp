@@ -19,6 +19,7 @@
 #include "../core/error.hpp"
 #include "../formats/format_traits.hpp"
 #include "../layout/packing.hpp"
+#include "../scheme/fit.hpp"
 #include "../scheme/granularity.hpp"
 #include "storage.hpp"
 
@@ -114,10 +115,7 @@ class tensor_view {
   /// The dequantized value of weight (r, c).
   float value(std::size_t r, std::size_t c) const noexcept {
     const std::size_t k = req_.grid.index(r, c / req_.grid.group);
-    if constexpr (is_asymmetric)
-      return scale(k) * (static_cast<float>(code(r, c)) - static_cast<float>(zero(k)));
-    else
-      return scale(k) * traits::decode(code(r, c));
+    return detail::dequantize_value<format, is_asymmetric>(code(r, c), scale(k), zero(k));
   }
 
  private:
