@@ -13,7 +13,12 @@
 
 #include <cmath>
 #include <cstddef>
+#include <algorithm>
+#include <new>
 #include <span>
+#include <string_view>
+#include <type_traits>
+#include <utility>
 
 #include "../config.hpp"
 #include "../core/error.hpp"
@@ -23,6 +28,9 @@
 #include "../tensor/tensor_view.hpp"
 #include "reference/gemv.hpp"
 #include "reference/quantize.hpp"
+#include "isa.hpp"
+#include "simd/gemv.hpp"
+#include "threading.hpp"
 
 QUANT_NAMESPACE_BEGIN
 
@@ -110,22 +118,139 @@ void dequantize(const tensor<F, Gran>& t, matrix_view<float> out) {
   dequantize(t.cview(), out);
 }
 
-/// y = W x with fp32 activations (the exact mode).
+/// A range of rows [begin, end) for the kernels that can run on part of a matrix.
+struct row_range {
+  std::size_t begin = 0, end = 0;
+};
+
+/// Which kernel a GEMV call runs: the ISA tier, the path (kernels/simd/gemv.hpp) and whether the
+/// fast mode runs as integer dot products.
+struct gemv_kernel_info {
+  isa tier = isa::generic;
+  gemv_path_kind path = gemv_path_kind::generic;
+  bool integer = false;
+};
+
+namespace detail {
+
+template <class Mode>
+inline constexpr bool is_gemv_mode_v = std::is_same_v<Mode, exact_t> || std::is_same_v<Mode, fast_t>;
+
+template <class F, class Gran, class Mode, class Isa = default_isa>
+using gemv_kernel_for = gemv_kernel<std::remove_const_t<F>, Gran::is_asymmetric, typename Gran::scale_type, Isa,
+                                    std::is_same_v<Mode, fast_t>>;
+
 template <class F, class Gran>
-void gemv(tensor_view<F, Gran> w, std::span<const float> x, std::span<float> y, exact_t = exact) {
-  detail::check_gemv(w, x, y);
-  reference::gemv(w, x, y);
+gemv_problem problem_of(const tensor_view<F, Gran>& t) noexcept {
+  return {t.codes().data(), t.requirements().row_bytes, t.scales().data(), t.zeros().data(), t.grid()};
 }
-/// y = W x with activations quantized to int8 per block of fast_block_size (the fast mode).
-template <class F, class Gran>
-void gemv(tensor_view<F, Gran> w, std::span<const float> x, std::span<float> y, fast_t) {
+
+/// An aligned heap workspace for the overloads that allocate.
+struct heap_workspace {
+  explicit heap_workspace(std::size_t n)
+      : p(static_cast<std::byte*>(::operator new(n ? n : 1, std::align_val_t{64}))) {}
+  ~heap_workspace() { ::operator delete(p, std::align_val_t{64}); }
+  heap_workspace(const heap_workspace&) = delete;
+  heap_workspace& operator=(const heap_workspace&) = delete;
+  std::byte* p;
+};
+
+inline void check_workspace(std::span<std::byte> ws, std::size_t need) {
+  if (ws.size() < need) fail("quant::gemv: workspace has ", ws.size(), " bytes, needs ", need);
+  if (reinterpret_cast<std::uintptr_t>(ws.data()) % 64 != 0)
+    fail("quant::gemv: workspace is not aligned to 64 bytes");
+}
+
+inline void check_rows(row_range rr, std::size_t rows) {
+  if (rr.begin > rr.end || rr.end > rows)
+    fail("quant::gemv: row range [", rr.begin, ", ", rr.end, ") is not inside [0, ", rows, ")");
+}
+
+}  // namespace detail
+
+/// The tier the header-only kernels of this translation unit run on ("avx512_vnni", "avx2", ...).
+constexpr std::string_view active_isa_name() noexcept { return isa_name(default_isa::id); }
+
+/// The kernel quant::gemv(w, x, y, mode) runs for this tensor.
+template <class F, class Gran, class Mode = exact_t>
+  requires detail::is_gemv_mode_v<Mode>
+gemv_kernel_info gemv_kernel(tensor_view<F, Gran> w, Mode = Mode{}) {
+  using K = detail::gemv_kernel_for<F, Gran, Mode>;
+  const gemv_path_kind p = K::path_for(w.grid());
+  return {default_isa::id, p, K::integer_fast(p, w.grid())};
+}
+
+/// Bytes of workspace quant::gemv(w, x, y, mode, workspace) needs for this tensor (O(cols)).
+template <class F, class Gran, class Mode = exact_t>
+  requires detail::is_gemv_mode_v<Mode>
+std::size_t gemv_workspace_size(tensor_view<F, Gran> w, Mode = Mode{}) {
+  detail::check_tensor(w, "quant::gemv_workspace_size", "w");
+  return detail::gemv_kernel_for<F, Gran, Mode>::workspace_bytes(w.grid());
+}
+
+/// y = W x without allocating: workspace is 64-byte aligned, gemv_workspace_size(w, mode) bytes.
+/// exact (the default) uses fp32 activations; fast quantizes them to int8 per block of 32.
+template <class F, class Gran, class Mode>
+  requires detail::is_gemv_mode_v<Mode>
+void gemv(tensor_view<F, Gran> w, std::span<const float> x, std::span<float> y, Mode, std::span<std::byte> workspace) {
+  using K = detail::gemv_kernel_for<F, Gran, Mode>;
   detail::check_gemv(w, x, y);
-  reference::gemv_fast(w, x, y);
+  detail::check_workspace(workspace, K::workspace_bytes(w.grid()));
+  const detail::gemv_prepared p = K::prepare(w.grid(), x.data(), workspace.data());
+  K::rows(detail::problem_of(w), p, y.data(), 0, w.rows());
+}
+
+/// y = W x (rows of y outside `rows` are not touched): one range of a caller's own partition.
+template <class F, class Gran, class Mode>
+  requires detail::is_gemv_mode_v<Mode>
+void gemv(tensor_view<F, Gran> w, std::span<const float> x, std::span<float> y, Mode, row_range rows) {
+  using K = detail::gemv_kernel_for<F, Gran, Mode>;
+  detail::check_gemv(w, x, y);
+  detail::check_rows(rows, w.rows());
+  detail::heap_workspace ws(K::workspace_bytes(w.grid()));
+  const detail::gemv_prepared p = K::prepare(w.grid(), x.data(), ws.p);
+  K::rows(detail::problem_of(w), p, y.data(), rows.begin, rows.end);
+}
+
+/// y = W x on an executor: x is prepared once, then exec(n, task) runs the row ranges.
+template <class F, class Gran, class Mode, class Exec>
+  requires(detail::is_gemv_mode_v<Mode> && executor<std::remove_reference_t<Exec>>)
+void gemv(tensor_view<F, Gran> w, std::span<const float> x, std::span<float> y, Mode, Exec&& exec) {
+  using K = detail::gemv_kernel_for<F, Gran, Mode>;
+  detail::check_gemv(w, x, y);
+  detail::heap_workspace ws(K::workspace_bytes(w.grid()));
+  const detail::gemv_prepared p = K::prepare(w.grid(), x.data(), ws.p);
+  const detail::gemv_problem m = detail::problem_of(w);
+  const std::size_t rows = w.rows();
+  // Enough ranges to balance the load, each at least 8 rows and 32K weights.
+  const std::size_t min_rows = std::max<std::size_t>(8, 32768 / w.cols());
+  const std::size_t tasks = std::clamp<std::size_t>(rows / min_rows, 1, 64);
+  exec(tasks, [&](std::size_t i) {
+    const auto [r0, r1] = detail::split_rows(rows, tasks, i);
+    K::rows(m, p, y.data(), r0, r1);
+  });
+}
+
+/// y = W x with fp32 activations (the exact mode).
+template <class F, class Gran, class Mode = exact_t>
+  requires detail::is_gemv_mode_v<Mode>
+void gemv(tensor_view<F, Gran> w, std::span<const float> x, std::span<float> y, Mode mode = Mode{}) {
+  gemv(w, x, y, mode, row_range{0, w.rows()});
+}
+
+template <class F, class Gran, class... Args>
+void gemv(const tensor<F, Gran>& w, std::span<const float> x, std::span<float> y, Args&&... args) {
+  gemv(w.cview(), x, y, std::forward<Args>(args)...);
 }
 template <class F, class Gran, class Mode = exact_t>
-  requires(std::is_same_v<Mode, exact_t> || std::is_same_v<Mode, fast_t>)
-void gemv(const tensor<F, Gran>& w, std::span<const float> x, std::span<float> y, Mode mode = Mode{}) {
-  gemv(w.cview(), x, y, mode);
+  requires detail::is_gemv_mode_v<Mode>
+gemv_kernel_info gemv_kernel(const tensor<F, Gran>& w, Mode mode = Mode{}) {
+  return gemv_kernel(w.cview(), mode);
+}
+template <class F, class Gran, class Mode = exact_t>
+  requires detail::is_gemv_mode_v<Mode>
+std::size_t gemv_workspace_size(const tensor<F, Gran>& w, Mode mode = Mode{}) {
+  return gemv_workspace_size(w.cview(), mode);
 }
 
 QUANT_NAMESPACE_END

@@ -4,9 +4,11 @@
 //        the oracle is more accurate than any fp32 kernel it checks.
 // fast:  x is first quantized per block of fast_block_size = 32 consecutive elements (blocks
 //        start at column 0): s_b = max|x_b| / 127, xq = clamp(rne(x / s_b), -127, 127). Then
-//        y[r] = sum_c s_g(c) * s_b(c) * (decode(q_rc) - z) * xq[c]. For integer formats each
-//        (group, block) partial sum is an exact integer dot product, which is what the SIMD kernels
-//        compute with VNNI / maddubs. The activation rounding costs accuracy; the README measures it.
+//        y[r] = sum_c s_g(c) * s_b(c) * (v(q_rc) - z) * xq[c], where v is the fast-mode value of a
+//        code (kernels/values.hpp: the code itself for integer formats, an exact or rounded int8
+//        table for 4-bit tables, the exact value otherwise). For integer weight values each
+//        (group, block) partial sum is an exact integer dot product, which is what the SIMD
+//        kernels compute with VNNI / maddubs. The README measures what the rounding costs.
 // Arguments are assumed validated (kernels/api.hpp).
 #pragma once
 
@@ -19,11 +21,10 @@
 #include "../../layout/packing.hpp"
 #include "../../scheme/fit.hpp"
 #include "../../tensor/tensor_view.hpp"
+#include "../activations.hpp"
+#include "../values.hpp"
 
 QUANT_NAMESPACE_BEGIN
-
-/// Number of consecutive activations that share one int8 scale in the fast GEMV mode.
-inline constexpr std::size_t fast_block_size = 32;
 
 namespace reference {
 
@@ -67,6 +68,7 @@ void gemv_fast(tensor_view<F, Gran> t, std::span<const float> x, std::span<float
   using Fmt = std::remove_const_t<F>;
   constexpr bool asym = Gran::is_asymmetric;
   const scale_grid& g = t.grid();
+  const auto& values = detail::code_values<Fmt, asym>::get();
   for (std::size_t r = 0; r < g.rows; ++r) {
     const std::uint8_t* row = t.row_codes(r);
     double acc = 0.0;
@@ -76,7 +78,8 @@ void gemv_fast(tensor_view<F, Gran> t, std::span<const float> x, std::span<float
       const double sx = quantize_activation_block(x.subspan(b0, n), xq);
       for (std::size_t c = b0; c < b0 + n; ++c) {
         const std::size_t k = g.index(r, c / g.group);
-        const float wv = detail::dequantize_value<Fmt, asym>(read_code(row, c, t.bits), 1.0f, t.zero(k));
+        const float v = values.fast[read_code(row, c, t.bits)];
+        const float wv = asym ? v - static_cast<float>(t.zero(k)) : v;
         acc += static_cast<double>(t.scale(k)) * sx * static_cast<double>(wv) * xq[c - b0];
       }
     }

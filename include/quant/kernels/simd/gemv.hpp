@@ -1,0 +1,564 @@
+// quant/kernels/simd/gemv.hpp: y = W x for a quantized W, on SIMD registers.
+//
+// One kernel template, gemv_kernel<Fmt, Asym, Scale, Isa, Fast>, chosen at compile time from the
+// format, the scheme, the scale type, the ISA tier and the mode. Inside, a path is picked once
+// per call (never per row or per element) from what the format and the group size allow:
+//
+//   nibble    (AVX-512, 4-bit codes; groups a multiple of 32 or one group per row)
+//             exact: 32 codes -> 16 int32 lanes -> two vpermps from the 16-entry value table
+//             (any 4-bit format: int4, nf4, e2m1, a user's table) -> FMA with deinterleaved x.
+//             fast:  128 codes per 64-byte load, nibbles split with and/shift, mapped to
+//             unsigned bytes (xor 0x88 for signed int4, vpshufb for tables), and multiplied
+//             with int8 activations by vpdpbusd (VNNI) or vpmaddubsw + vpmaddwd.
+//   byte      (AVX-512, 8-bit codes; groups a multiple of 32 or one group per row)
+//             exact: int8 widened and converted; fp8 e5m2/e4m3 rebuilt as fp16 bits and
+//             converted with vcvtph2ps (the e4m3 exponent bias difference, 2^8, is folded into
+//             the group scale); other 8-bit formats gathered from the 256-entry table.
+//             fast:  int8 codes (xor 0x80 when signed) times int8 activations by vpdpbusd.
+//   generic   (every tier, format and group size) codes decoded through the value table into a
+//             small buffer, then an xsimd FMA dot product with x.
+//
+// Every path computes, per row, y = mult * sum_g s_g * (sum_{c in g} u(q_c) x_c - z_g * X_g),
+// where u is the code's value (or its value plus a constant offset, for the unsigned-byte dot
+// products), z_g the zero point plus that offset, X_g the group's activation sum (prepared once
+// per call) and mult the fast mode's table multiplier (kernels/values.hpp). Scales are decoded
+// per batch of groups into a stack buffer. Arguments are validated by kernels/api.hpp.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include <xsimd/xsimd.hpp>
+
+#include "../../config.hpp"
+#include "../../core/scalar_types.hpp"
+#include "../../formats/minifloat.hpp"
+#include "../../layout/packing.hpp"
+#include "../../scheme/granularity.hpp"
+#include "../isa.hpp"
+#include "../values.hpp"
+#include "../activations.hpp"
+
+#if defined(QUANT_ISA_AVX2) || defined(QUANT_ISA_AVX512)
+#include <immintrin.h>
+#endif
+
+QUANT_NAMESPACE_BEGIN
+
+/// The kernel paths, as reported by gemv_path().
+enum class gemv_path_kind { generic, nibble, byte };
+
+namespace detail {
+
+/// The quantized matrix as the kernels see it: plain pointers and the scale grid.
+struct gemv_problem {
+  const std::uint8_t* codes = nullptr;
+  std::size_t row_bytes = 0;
+  const void* scales = nullptr;
+  const std::uint8_t* zeros = nullptr;
+  scale_grid grid{};
+};
+
+/// x after the per-call preparation (pointers into the workspace, or to the caller's x).
+struct gemv_prepared {
+  const float* x = nullptr;         ///< natural order: x (exact) or xdq (fast)
+  const float* xp = nullptr;        ///< nibble exact path: x deinterleaved per 32 columns
+  const std::int8_t* xq = nullptr;  ///< fast integer paths: int8 activations (nibble: deinterleaved per 128)
+  const float* sxl = nullptr;       ///< fast integer paths: the block scale of each int32 lane
+  const float* gsum = nullptr;      ///< per group: the sum of x (exact) or xdq (fast)
+  gemv_path_kind path = gemv_path_kind::generic;
+  bool integer = false;             ///< the fast mode's integer-dot variant of the path
+};
+
+template <class Scale>
+QUANT_ALWAYS_INLINE float load_scale(const void* scales, std::size_t k) noexcept {
+  return scale_traits<Scale>::decode(static_cast<const Scale*>(scales)[k]);
+}
+
+template <class Fmt>
+inline constexpr bool is_e4m3_v = std::is_base_of_v<minifloat_traits<4, 3, nonfinite::nan_only>, format_traits<Fmt>>;
+template <class Fmt>
+inline constexpr bool is_e5m2_v = std::is_base_of_v<minifloat_traits<5, 2, nonfinite::ieee>, format_traits<Fmt>>;
+
+/// Decodes codes [c0, c1) of a row through a value table into out[0, c1 - c0).
+template <unsigned Bits>
+QUANT_ALWAYS_INLINE void decode_codes(const std::uint8_t* row, std::size_t c0, std::size_t c1, const float* table,
+                                      float* out) noexcept {
+  if constexpr (Bits == 8) {
+    for (std::size_t c = c0; c < c1; ++c) out[c - c0] = table[row[c]];
+  } else if constexpr (Bits == 4) {
+    std::size_t c = c0;
+    if (c & 1) out[c - c0] = table[row[c / 2] >> 4], ++c;
+    for (; c + 2 <= c1; c += 2) {
+      const std::uint8_t b = row[c / 2];
+      out[c - c0] = table[b & 15];
+      out[c - c0 + 1] = table[b >> 4];
+    }
+    if (c < c1) out[c - c0] = table[row[c / 2] & 15];
+  } else if constexpr (Bits == 2) {
+    for (std::size_t c = c0; c < c1; ++c) out[c - c0] = table[(row[c / 4] >> (2 * (c % 4))) & 3];
+  } else {
+    for (std::size_t c = c0; c < c1; ++c) out[c - c0] = table[read_code(row, c, Bits)];
+  }
+}
+
+/// sum_i a[i] * b[i] on xsimd batches of the tier's architecture.
+template <class Isa>
+QUANT_ALWAYS_INLINE float dot(const float* a, const float* b, std::size_t n) noexcept {
+  using arch = typename Isa::arch;
+  using batch = xsimd::batch<float, arch>;
+  constexpr std::size_t w = batch::size;
+  batch s0(0.0f), s1(0.0f);
+  std::size_t i = 0;
+  for (; i + 2 * w <= n; i += 2 * w) {
+    s0 = xsimd::fma(batch::load_unaligned(a + i), batch::load_unaligned(b + i), s0);
+    s1 = xsimd::fma(batch::load_unaligned(a + i + w), batch::load_unaligned(b + i + w), s1);
+  }
+  for (; i + w <= n; i += w) s0 = xsimd::fma(batch::load_unaligned(a + i), batch::load_unaligned(b + i), s0);
+  float s = xsimd::hadd(s0 + s1);
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+/// Groups whose scales are decoded together into a stack buffer.
+inline constexpr std::size_t scale_batch = 64;
+
+template <class Fmt, bool Asym, class Scale, class Isa, bool Fast>
+struct gemv_kernel {
+  using values_t = code_values<Fmt, Asym>;
+  static constexpr unsigned bits = format_traits<Fmt>::bits;
+  static constexpr bool avx512 = Isa::id >= isa::avx512;
+  static constexpr bool vnni = Isa::id >= isa::avx512_vnni;
+
+  /// The path this kernel takes for a grid (the same for every row).
+  static gemv_path_kind path_for(const scale_grid& g) noexcept {
+    if constexpr (avx512 && (bits == 4 || bits == 8)) {
+      const bool one_group = g.groups_per_row == 1;
+      if (one_group || g.group % 32 == 0) return bits == 4 ? gemv_path_kind::nibble : gemv_path_kind::byte;
+    }
+    (void)g;
+    return gemv_path_kind::generic;
+  }
+
+  /// Whether the fast mode runs as integer dot products on this path.
+  static bool integer_fast(gemv_path_kind p, const scale_grid& g) noexcept {
+    if constexpr (!Fast) {
+      (void)p, (void)g;
+      return false;
+    } else {
+      const values_t& v = values_t::get();
+      if (p == gemv_path_kind::generic || !v.int_fast) return false;
+      if (p == gemv_path_kind::byte && !is_integer_format_v<Fmt>) return false;
+      // Groups smaller than a chunk: the lane scales handle 32 and 64 only.
+      const std::size_t chunk = p == gemv_path_kind::nibble ? 128 : 64;
+      if (g.groups_per_row > 1 && g.group % chunk != 0 && g.group != 32 && g.group != 64) return false;
+      if (!vnni) {  // vpmaddubsw saturates 16-bit pair sums: need 2 * max(u) * 127 <= 32767
+        unsigned umax = 0;
+        for (unsigned j = 0; j < values_t::count; ++j) umax = v.u8[j] > umax ? v.u8[j] : umax;
+        if (2u * umax * 127u > 32767u) return false;
+      }
+      return true;
+    }
+  }
+
+  static std::size_t workspace_bytes(const scale_grid& g) noexcept { return prepare_impl(g, nullptr, nullptr).second; }
+
+  static gemv_prepared prepare(const scale_grid& g, const float* x, std::byte* ws) noexcept {
+    return prepare_impl(g, x, ws).first;
+  }
+
+  static std::pair<gemv_prepared, std::size_t> prepare_impl(const scale_grid& g, const float* x, std::byte* ws) noexcept {
+    workspace_carver w{ws};
+    gemv_prepared p;
+    p.path = path_for(g);
+    p.integer = integer_fast(p.path, g);
+    const std::size_t n = g.cols;
+    const float* xv = x;  // the activations the kernel multiplies with, natural order
+    if constexpr (Fast) {
+      auto* q = w.template take<std::int8_t>(n);
+      auto* sx = w.template take<float>((n + fast_block_size - 1) / fast_block_size);
+      auto* xdq = w.template take<float>(n);
+      if (ws) quantize_activations(x, n, fast_block_size, q, sx, xdq);
+      xv = xdq;
+      if (p.integer) {
+        const bool nib = p.path == gemv_path_kind::nibble;
+        const std::size_t chunk = nib ? 128 : 64, lane_cols = chunk / 16;
+        const std::size_t full = n / chunk * chunk;
+        auto* sxl = w.template take<float>(full / lane_cols);
+        std::int8_t* qp = q;
+        if (nib) {
+          qp = w.template take<std::int8_t>(full);
+          if (ws) deinterleave_chunks(q, full, chunk, qp);
+        }
+        if (ws)
+          for (std::size_t l = 0; l < full / lane_cols; ++l) sxl[l] = sx[l * lane_cols / fast_block_size];
+        p.xq = qp;
+        p.sxl = sxl;
+      }
+    }
+    p.x = xv;
+    if (p.path == gemv_path_kind::nibble && !p.integer) {
+      const std::size_t full = n / 32 * 32;
+      auto* xp = w.template take<float>(full);
+      if (ws) deinterleave_chunks(xv, full, 32, xp);
+      p.xp = xp;
+    }
+    const bool need_sums = Asym || p.integer;
+    if (need_sums) {
+      auto* gs = w.template take<float>(g.groups_per_row);
+      if (ws) group_sums(xv, g, gs);
+      p.gsum = gs;
+    }
+    return {p, w.used};
+  }
+
+  /// y[r] for r in [r0, r1).
+  static void rows(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0, std::size_t r1) noexcept {
+#if defined(QUANT_ISA_AVX512)
+    if constexpr (avx512 && isa_compiled_v<Isa>) {
+      if constexpr (bits == 4) {
+        if (p.path == gemv_path_kind::nibble) {
+          if (p.integer) return rows_nibble_int(m, p, y, r0, r1);
+          return rows_nibble_float(m, p, y, r0, r1);
+        }
+      }
+      if constexpr (bits == 8) {
+        if (p.path == gemv_path_kind::byte) {
+          if (p.integer) return rows_byte_int(m, p, y, r0, r1);
+          return rows_byte_float(m, p, y, r0, r1);
+        }
+      }
+    }
+#endif
+    rows_generic(m, p, y, r0, r1);
+  }
+
+  // ---- shared pieces -------------------------------------------------------------------------
+
+  static const float* value_table() noexcept {
+    const values_t& v = values_t::get();
+    return Fast ? v.fast : v.exact;
+  }
+
+  /// Decodes the scales of groups [g0, g0 + n) of row r into s.
+  static QUANT_ALWAYS_INLINE void row_scales(const gemv_problem& m, std::size_t r, std::size_t g0, std::size_t n,
+                                             float* s) noexcept {
+    for (std::size_t i = 0; i < n; ++i) s[i] = load_scale<Scale>(m.scales, m.grid.index(r, g0 + i));
+  }
+
+  /// The zero point (plus the code offset of the integer paths) of scale index k.
+  static QUANT_ALWAYS_INLINE float zero_of(const gemv_problem& m, std::size_t k, int offset) noexcept {
+    if constexpr (Asym) return static_cast<float>(read_code(m.zeros, k, bits) + offset);
+    else return static_cast<float>(offset);
+  }
+
+  // ---- generic path --------------------------------------------------------------------------
+
+  static void rows_generic(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
+                           std::size_t r1) noexcept {
+    const scale_grid& g = m.grid;
+    const float* table = value_table();
+    constexpr std::size_t piece = 256;
+    alignas(64) float buf[piece];
+    alignas(64) float s[scale_batch];
+    for (std::size_t r = r0; r < r1; ++r) {
+      const std::uint8_t* row = m.codes + r * m.row_bytes;
+      double acc = 0.0;
+      for (std::size_t gb = 0; gb < g.groups_per_row; gb += scale_batch) {
+        const std::size_t ng = std::min(scale_batch, g.groups_per_row - gb);
+        row_scales(m, r, gb, ng, s);
+        for (std::size_t gi = gb; gi < gb + ng; ++gi) {
+          float part = 0.0f;
+          for (std::size_t c = g.group_begin(gi); c < g.group_end(gi); c += piece) {
+            const std::size_t e = std::min(c + piece, g.group_end(gi));
+            decode_codes<bits>(row, c, e, table, buf);
+            part += dot<Isa>(buf, p.x + c, e - c);
+          }
+          if constexpr (Asym) part -= zero_of(m, g.index(r, gi), 0) * p.gsum[gi];
+          acc += static_cast<double>(s[gi - gb]) * part;
+        }
+      }
+      y[r] = static_cast<float>(acc);
+    }
+  }
+
+#if defined(QUANT_ISA_AVX512)
+  // ---- AVX-512 paths -------------------------------------------------------------------------
+
+  /// Columns [c0, c1) of a group handled by the SIMD loop, the rest by the scalar tail.
+  static QUANT_ALWAYS_INLINE float scalar_part(const std::uint8_t* row, std::size_t c0, std::size_t c1,
+                                               const float* table, const float* x) noexcept {
+    float t = 0.0f;
+    for (std::size_t c = c0; c < c1; ++c) t += table[read_code(row, c, bits)] * x[c];
+    return t;
+  }
+
+  // Exact (or float fast) 4-bit: 32 codes per step, two permutes of the value table.
+  static void rows_nibble_float(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
+                                std::size_t r1) noexcept {
+    const scale_grid& g = m.grid;
+    const float* table = value_table();
+    const __m512 tv = _mm512_loadu_ps(table);
+    const std::size_t full = g.cols / 32 * 32;
+    alignas(64) float s[scale_batch];
+    for (std::size_t r = r0; r < r1; ++r) {
+      const std::uint8_t* row = m.codes + r * m.row_bytes;
+      __m512 tot = _mm512_setzero_ps();
+      float tail = 0.0f, corr = 0.0f;
+      for (std::size_t gb = 0; gb < g.groups_per_row; gb += scale_batch) {
+        const std::size_t ng = std::min(scale_batch, g.groups_per_row - gb);
+        row_scales(m, r, gb, ng, s);
+        for (std::size_t gi = gb; gi < gb + ng; ++gi) {
+          const std::size_t c0 = g.group_begin(gi), c1 = g.group_end(gi), cf = std::min(c1, full);
+          __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+          std::size_t c = c0;
+          for (; c + 64 <= cf; c += 64) {
+            const __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2)));
+            const __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2 + 16)));
+            a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(v0, tv), _mm512_loadu_ps(p.xp + c), a0);
+            a1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), tv), _mm512_loadu_ps(p.xp + c + 16), a1);
+            a2 = _mm512_fmadd_ps(_mm512_permutexvar_ps(v1, tv), _mm512_loadu_ps(p.xp + c + 32), a2);
+            a3 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), tv), _mm512_loadu_ps(p.xp + c + 48), a3);
+          }
+          if (c < cf) {
+            const __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2)));
+            a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(v0, tv), _mm512_loadu_ps(p.xp + c), a0);
+            a1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), tv), _mm512_loadu_ps(p.xp + c + 16), a1);
+          }
+          const float sg = s[gi - gb];
+          tot = _mm512_fmadd_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)), _mm512_set1_ps(sg), tot);
+          if (cf < c1) tail += sg * scalar_part(row, std::max(c0, cf), c1, table, p.x);
+          if constexpr (Asym) corr += sg * zero_of(m, g.index(r, gi), 0) * p.gsum[gi];
+        }
+      }
+      y[r] = _mm512_reduce_add_ps(tot) + tail - corr;
+    }
+  }
+
+  /// u8 x s8 dot products of 64 byte pairs added into the int32 lanes of acc.
+  static QUANT_ALWAYS_INLINE __m512i dot_u8s8(__m512i acc, __m512i u, __m512i s) noexcept {
+#if defined(QUANT_ISA_AVX512_VNNI)
+    if constexpr (vnni) return _mm512_dpbusd_epi32(acc, u, s);
+#endif
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+  }
+
+  /// The group scales of the 16 lanes of a chunk when groups are smaller than the chunk:
+  /// lane i covers lane_cols columns, so it belongs to group (i * lane_cols) / group of the chunk.
+  static QUANT_ALWAYS_INLINE __m512i lane_group_index(std::size_t lane_cols, std::size_t group) noexcept {
+    alignas(64) std::int32_t idx[16];
+    for (int i = 0; i < 16; ++i) idx[i] = static_cast<std::int32_t>(static_cast<std::size_t>(i) * lane_cols / group);
+    return _mm512_load_si512(idx);
+  }
+
+  // Fast 4-bit with integer dot products: 128 codes per 64-byte load.
+  static void rows_nibble_int(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
+                              std::size_t r1) noexcept {
+    const values_t& v = values_t::get();
+    const scale_grid& g = m.grid;
+    constexpr std::size_t chunk = 128;
+    const std::size_t full = g.cols / chunk * chunk;
+    const bool small_groups = g.groups_per_row > 1 && g.group % chunk != 0;  // 32 or 64
+    const __m512i lane_idx = lane_group_index(8, small_groups ? g.group : chunk);
+    const __m512i lowmask = _mm512_set1_epi8(0x0F);
+    const __m512i utab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v.u8)));
+    constexpr bool sym_int = !Asym && is_integer_format_v<Fmt>;
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x88));
+    alignas(64) float s[scale_batch + 16] = {};
+
+    auto chunk_dot = [&](const std::uint8_t* q, const std::int8_t* xq) {
+      __m512i b = _mm512_loadu_si512(q);
+      if constexpr (sym_int) b = _mm512_xor_si512(b, flip);
+      __m512i lo = _mm512_and_si512(b, lowmask);
+      __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), lowmask);
+      if constexpr (!Asym && !is_integer_format_v<Fmt>) {
+        lo = _mm512_shuffle_epi8(utab, lo);
+        hi = _mm512_shuffle_epi8(utab, hi);
+      }
+      __m512i acc = dot_u8s8(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xq));
+      acc = dot_u8s8(acc, hi, _mm512_loadu_si512(xq + 64));
+      return _mm512_cvtepi32_ps(acc);
+    };
+
+    for (std::size_t r = r0; r < r1; ++r) {
+      const std::uint8_t* row = m.codes + r * m.row_bytes;
+      __m512 tot = _mm512_setzero_ps();
+      float tail = 0.0f, corr = 0.0f;
+      for (std::size_t gb = 0; gb < g.groups_per_row; gb += scale_batch) {
+        const std::size_t ng = std::min(scale_batch, g.groups_per_row - gb);
+        row_scales(m, r, gb, ng, s);
+        if (small_groups) {
+          // Chunks span several groups: one pass over the batch's columns with per-lane scales.
+          const std::size_t c0 = g.group_begin(gb), c1 = g.group_end(gb + ng - 1), cf = std::min(c1, full);
+          for (std::size_t c = c0; c + chunk <= cf; c += chunk) {
+            const __m512 sw = _mm512_permutexvar_ps(lane_idx, _mm512_loadu_ps(s + (c - c0) / g.group));
+            const __m512 sl = _mm512_mul_ps(sw, _mm512_loadu_ps(p.sxl + c / 8));
+            tot = _mm512_fmadd_ps(chunk_dot(row + c / 2, p.xq + c), sl, tot);
+          }
+          for (std::size_t gi = gb; gi < gb + ng; ++gi) {
+            const std::size_t a = std::max(g.group_begin(gi), cf), e = g.group_end(gi);
+            const float sg = s[gi - gb];
+            if (a < e) tail += sg * scalar_part(row, a, e, v.u8f, p.x);
+            corr += sg * zero_of(m, g.index(r, gi), v.offset) * p.gsum[gi];
+          }
+          continue;
+        }
+        for (std::size_t gi = gb; gi < gb + ng; ++gi) {
+          const std::size_t c0 = g.group_begin(gi), c1 = g.group_end(gi), cf = std::min(c1, full);
+          __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+          std::size_t c = c0;
+          for (; c + 2 * chunk <= cf; c += 2 * chunk) {
+            a0 = _mm512_fmadd_ps(chunk_dot(row + c / 2, p.xq + c), _mm512_loadu_ps(p.sxl + c / 8), a0);
+            a1 = _mm512_fmadd_ps(chunk_dot(row + c / 2 + 64, p.xq + c + chunk), _mm512_loadu_ps(p.sxl + c / 8 + 16), a1);
+          }
+          if (c < cf) a0 = _mm512_fmadd_ps(chunk_dot(row + c / 2, p.xq + c), _mm512_loadu_ps(p.sxl + c / 8), a0);
+          const float sg = s[gi - gb];
+          tot = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), _mm512_set1_ps(sg), tot);
+          if (cf < c1) tail += sg * scalar_part(row, std::max(c0, cf), c1, v.u8f, p.x);
+          corr += sg * zero_of(m, g.index(r, gi), v.offset) * p.gsum[gi];
+        }
+      }
+      y[r] = v.mult * (_mm512_reduce_add_ps(tot) + tail - corr);
+    }
+  }
+
+  // Exact (or float fast) 8-bit: 32 codes per step.
+  static QUANT_ALWAYS_INLINE void byte_values(const std::uint8_t* q, const float* table, __m512& w0, __m512& w1) noexcept {
+    if constexpr (is_integer_format_v<Fmt>) {
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+      if constexpr (Asym) {
+        w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(b)));
+        w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(b, 1)));
+      } else {
+        w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
+        w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
+      }
+    } else if constexpr (is_e5m2_v<Fmt> || is_e4m3_v<Fmt>) {
+      const __m512i h = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+      __m512i f;
+      if constexpr (is_e5m2_v<Fmt>) {
+        f = _mm512_slli_epi16(h, 8);  // e5m2 is the high byte of an fp16
+      } else {
+        // sign to bit 15, exponent and mantissa to bits 7..13: an fp16 worth value * 2^-8
+        const __m512i mag = _mm512_and_si512(_mm512_slli_epi16(h, 7), _mm512_set1_epi16(0x3F80));
+        f = _mm512_ternarylogic_epi32(mag, _mm512_slli_epi16(h, 8), _mm512_set1_epi16(static_cast<short>(0x8000)), 0xF8);
+        const __mmask32 nan = _mm512_cmpeq_epi16_mask(_mm512_and_si512(h, _mm512_set1_epi16(0x7F)), _mm512_set1_epi16(0x7F));
+        f = _mm512_mask_mov_epi16(f, nan, _mm512_set1_epi16(0x7E00));
+      }
+      w0 = _mm512_cvtph_ps(_mm512_castsi512_si256(f));
+      w1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(f, 1));
+    } else {
+      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+      w0 = _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(b)), table, 4);
+      w1 = _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(b, 1)), table, 4);
+    }
+  }
+
+  static void rows_byte_float(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
+                              std::size_t r1) noexcept {
+    const scale_grid& g = m.grid;
+    const float* table = value_table();
+    // e4m3 is rebuilt as value * 2^-8 (values_t::fast equals exact for fp8).
+    constexpr float unit = is_e4m3_v<Fmt> ? 256.0f : 1.0f;
+    const std::size_t full = g.cols / 32 * 32;
+    alignas(64) float s[scale_batch];
+    for (std::size_t r = r0; r < r1; ++r) {
+      const std::uint8_t* row = m.codes + r * m.row_bytes;
+      __m512 tot = _mm512_setzero_ps();
+      float tail = 0.0f, corr = 0.0f;
+      for (std::size_t gb = 0; gb < g.groups_per_row; gb += scale_batch) {
+        const std::size_t ng = std::min(scale_batch, g.groups_per_row - gb);
+        row_scales(m, r, gb, ng, s);
+        for (std::size_t gi = gb; gi < gb + ng; ++gi) {
+          const std::size_t c0 = g.group_begin(gi), c1 = g.group_end(gi), cf = std::min(c1, full);
+          __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+          std::size_t c = c0;
+          for (; c + 64 <= cf; c += 64) {
+            __m512 w0, w1, w2, w3;
+            byte_values(row + c, table, w0, w1);
+            byte_values(row + c + 32, table, w2, w3);
+            a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p.x + c), a0);
+            a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p.x + c + 16), a1);
+            a2 = _mm512_fmadd_ps(w2, _mm512_loadu_ps(p.x + c + 32), a2);
+            a3 = _mm512_fmadd_ps(w3, _mm512_loadu_ps(p.x + c + 48), a3);
+          }
+          if (c < cf) {
+            __m512 w0, w1;
+            byte_values(row + c, table, w0, w1);
+            a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p.x + c), a0);
+            a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p.x + c + 16), a1);
+          }
+          const float sg = s[gi - gb];
+          tot = _mm512_fmadd_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)), _mm512_set1_ps(sg * unit), tot);
+          if (cf < c1) tail += sg * scalar_part(row, std::max(c0, cf), c1, table, p.x);
+          if constexpr (Asym) corr += sg * zero_of(m, g.index(r, gi), 0) * p.gsum[gi];
+        }
+      }
+      y[r] = _mm512_reduce_add_ps(tot) + tail - corr;
+    }
+  }
+
+  // Fast 8-bit integers: 64 codes per step, vpdpbusd against int8 activations.
+  static void rows_byte_int(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
+                            std::size_t r1) noexcept {
+    const values_t& v = values_t::get();
+    const scale_grid& g = m.grid;
+    constexpr std::size_t chunk = 64;
+    const std::size_t full = g.cols / chunk * chunk;
+    const bool small_groups = g.groups_per_row > 1 && g.group % chunk != 0;  // 32
+    const __m512i lane_idx = lane_group_index(4, small_groups ? g.group : chunk);
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    alignas(64) float s[scale_batch + 16] = {};
+
+    auto chunk_dot = [&](const std::uint8_t* q, const std::int8_t* xq) {
+      __m512i b = _mm512_loadu_si512(q);
+      if constexpr (!Asym) b = _mm512_xor_si512(b, flip);
+      return _mm512_cvtepi32_ps(dot_u8s8(_mm512_setzero_si512(), b, _mm512_loadu_si512(xq)));
+    };
+
+    for (std::size_t r = r0; r < r1; ++r) {
+      const std::uint8_t* row = m.codes + r * m.row_bytes;
+      __m512 tot = _mm512_setzero_ps();
+      float tail = 0.0f, corr = 0.0f;
+      for (std::size_t gb = 0; gb < g.groups_per_row; gb += scale_batch) {
+        const std::size_t ng = std::min(scale_batch, g.groups_per_row - gb);
+        row_scales(m, r, gb, ng, s);
+        if (small_groups) {
+          const std::size_t c0 = g.group_begin(gb), c1 = g.group_end(gb + ng - 1), cf = std::min(c1, full);
+          for (std::size_t c = c0; c + chunk <= cf; c += chunk) {
+            const __m512 sw = _mm512_permutexvar_ps(lane_idx, _mm512_loadu_ps(s + (c - c0) / g.group));
+            tot = _mm512_fmadd_ps(chunk_dot(row + c, p.xq + c), _mm512_mul_ps(sw, _mm512_loadu_ps(p.sxl + c / 4)), tot);
+          }
+          for (std::size_t gi = gb; gi < gb + ng; ++gi) {
+            const std::size_t a = std::max(g.group_begin(gi), cf), e = g.group_end(gi);
+            const float sg = s[gi - gb];
+            if (a < e) tail += sg * scalar_part(row, a, e, v.u8f, p.x);
+            corr += sg * zero_of(m, g.index(r, gi), v.offset) * p.gsum[gi];
+          }
+          continue;
+        }
+        for (std::size_t gi = gb; gi < gb + ng; ++gi) {
+          const std::size_t c0 = g.group_begin(gi), c1 = g.group_end(gi), cf = std::min(c1, full);
+          __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+          std::size_t c = c0;
+          for (; c + 2 * chunk <= cf; c += 2 * chunk) {
+            a0 = _mm512_fmadd_ps(chunk_dot(row + c, p.xq + c), _mm512_loadu_ps(p.sxl + c / 4), a0);
+            a1 = _mm512_fmadd_ps(chunk_dot(row + c + chunk, p.xq + c + chunk), _mm512_loadu_ps(p.sxl + c / 4 + 16), a1);
+          }
+          if (c < cf) a0 = _mm512_fmadd_ps(chunk_dot(row + c, p.xq + c), _mm512_loadu_ps(p.sxl + c / 4), a0);
+          const float sg = s[gi - gb];
+          tot = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), _mm512_set1_ps(sg), tot);
+          if (cf < c1) tail += sg * scalar_part(row, std::max(c0, cf), c1, v.u8f, p.x);
+          corr += sg * zero_of(m, g.index(r, gi), v.offset) * p.gsum[gi];
+        }
+      }
+      y[r] = v.mult * (_mm512_reduce_add_ps(tot) + tail - corr);
+    }
+  }
+#endif  // QUANT_ISA_AVX512
+};
+
+}  // namespace detail
+QUANT_NAMESPACE_END
