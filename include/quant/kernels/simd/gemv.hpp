@@ -353,75 +353,113 @@ struct gemv_kernel {
     return _mm512_load_si512(idx);
   }
 
-  // Fast 4-bit with integer dot products: 128 codes per 64-byte load.
-  static void rows_nibble_int(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
-                              std::size_t r1) noexcept {
+  // The integer paths: Chunk columns per step, each step's 16 int32 lanes (Chunk / 16 columns
+  // each, inside one activation block) converted and scaled by lane scale * group scale.
+  template <std::size_t Chunk, class Dot>
+  static QUANT_ALWAYS_INLINE void rows_int(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
+                                           std::size_t r1, Dot dot) noexcept {
     const values_t& v = values_t::get();
     const scale_grid& g = m.grid;
-    constexpr std::size_t chunk = 128;
-    const std::size_t full = g.cols / chunk * chunk;
-    const bool small_groups = g.groups_per_row > 1 && g.group % chunk != 0;  // 32 or 64
-    const __m512i lane_idx = lane_group_index(8, small_groups ? g.group : chunk);
-    const __m512i lowmask = _mm512_set1_epi8(0x0F);
-    const __m512i utab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v.u8)));
-    constexpr bool sym_int = !Asym && is_integer_format_v<Fmt>;
-    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x88));
+    constexpr std::size_t lane_cols = Chunk / 16;
+    const std::size_t full = g.cols / Chunk * Chunk;
+    const bool small_groups = g.groups_per_row > 1 && g.group % Chunk != 0;  // 32 or 64: several per step
+    const std::size_t per_group = small_groups || g.groups_per_row == 1 ? 0 : g.group / Chunk;
+    const __m512i lane_idx = lane_group_index(lane_cols, small_groups ? g.group : Chunk);
+    const float off = static_cast<float>(v.offset);
     alignas(64) float s[scale_batch + 16] = {};
-
-    auto chunk_dot = [&](const std::uint8_t* q, const std::int8_t* xq) {
-      __m512i b = _mm512_loadu_si512(q);
-      if constexpr (sym_int) b = _mm512_xor_si512(b, flip);
-      __m512i lo = _mm512_and_si512(b, lowmask);
-      __m512i hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), lowmask);
-      if constexpr (!Asym && !is_integer_format_v<Fmt>) {
-        lo = _mm512_shuffle_epi8(utab, lo);
-        hi = _mm512_shuffle_epi8(utab, hi);
-      }
-      __m512i acc = dot_u8s8(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xq));
-      acc = dot_u8s8(acc, hi, _mm512_loadu_si512(xq + 64));
-      return _mm512_cvtepi32_ps(acc);
-    };
-
     for (std::size_t r = r0; r < r1; ++r) {
       const std::uint8_t* row = m.codes + r * m.row_bytes;
-      __m512 tot = _mm512_setzero_ps();
+      __m512 t0 = _mm512_setzero_ps(), t1 = t0;
       float tail = 0.0f, corr = 0.0f;
       for (std::size_t gb = 0; gb < g.groups_per_row; gb += scale_batch) {
         const std::size_t ng = std::min(scale_batch, g.groups_per_row - gb);
         row_scales(m, r, gb, ng, s);
+        for (std::size_t i = 0; i < ng; ++i) {
+          if constexpr (Asym) corr += s[i] * (zero_of(m, g.index(r, gb + i), 0) + off) * p.gsum[gb + i];
+          else corr += s[i] * off * p.gsum[gb + i];
+        }
+        const std::size_t c0 = g.group_begin(gb), c1 = g.group_end(gb + ng - 1), cf = std::max(c0, std::min(c1, full));
         if (small_groups) {
-          // Chunks span several groups: one pass over the batch's columns with per-lane scales.
-          const std::size_t c0 = g.group_begin(gb), c1 = g.group_end(gb + ng - 1), cf = std::min(c1, full);
-          for (std::size_t c = c0; c + chunk <= cf; c += chunk) {
-            const __m512 sw = _mm512_permutexvar_ps(lane_idx, _mm512_loadu_ps(s + (c - c0) / g.group));
-            const __m512 sl = _mm512_mul_ps(sw, _mm512_loadu_ps(p.sxl + c / 8));
-            tot = _mm512_fmadd_ps(chunk_dot(row + c / 2, p.xq + c), sl, tot);
+          const std::size_t step = Chunk / g.group;  // groups per step
+          std::size_t c = c0;
+          const float* sk = s;
+          for (; c + 2 * Chunk <= cf; c += 2 * Chunk, sk += 2 * step) {
+            const __m512 w0 = _mm512_permutexvar_ps(lane_idx, _mm512_loadu_ps(sk));
+            const __m512 w1 = _mm512_permutexvar_ps(lane_idx, _mm512_loadu_ps(sk + step));
+            t0 = _mm512_fmadd_ps(dot(row, c), _mm512_mul_ps(w0, _mm512_loadu_ps(p.sxl + c / lane_cols)), t0);
+            t1 = _mm512_fmadd_ps(dot(row, c + Chunk), _mm512_mul_ps(w1, _mm512_loadu_ps(p.sxl + c / lane_cols + 16)), t1);
           }
+          if (c < cf) {
+            const __m512 w0 = _mm512_permutexvar_ps(lane_idx, _mm512_loadu_ps(sk));
+            t0 = _mm512_fmadd_ps(dot(row, c), _mm512_mul_ps(w0, _mm512_loadu_ps(p.sxl + c / lane_cols)), t0);
+          }
+        } else {
+          if (per_group == 1) {  // one step per group (g = Chunk): two groups per iteration
+            const std::size_t n = (cf - c0) / Chunk;
+            std::size_t k = 0;
+            for (; k + 2 <= n; k += 2) {
+              const std::size_t c = c0 + k * Chunk;
+              t0 = _mm512_fmadd_ps(dot(row, c), _mm512_mul_ps(_mm512_set1_ps(s[k]), _mm512_loadu_ps(p.sxl + c / lane_cols)), t0);
+              t1 = _mm512_fmadd_ps(dot(row, c + Chunk),
+                                   _mm512_mul_ps(_mm512_set1_ps(s[k + 1]), _mm512_loadu_ps(p.sxl + c / lane_cols + 16)), t1);
+            }
+            if (k < n) {
+              const std::size_t c = c0 + k * Chunk;
+              t0 = _mm512_fmadd_ps(dot(row, c), _mm512_mul_ps(_mm512_set1_ps(s[k]), _mm512_loadu_ps(p.sxl + c / lane_cols)), t0);
+            }
+          } else {
+            for (std::size_t i = 0; i < ng; ++i) {
+              const std::size_t ca = c0 + i * g.group, ce = std::min(ca + g.group, cf);
+              if (ca >= ce) break;
+              const __m512 sg = _mm512_set1_ps(s[i]);
+              __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+              std::size_t c = ca;
+              for (; c + 2 * Chunk <= ce; c += 2 * Chunk) {
+                a0 = _mm512_fmadd_ps(dot(row, c), _mm512_loadu_ps(p.sxl + c / lane_cols), a0);
+                a1 = _mm512_fmadd_ps(dot(row, c + Chunk), _mm512_loadu_ps(p.sxl + c / lane_cols + 16), a1);
+              }
+              if (c + Chunk <= ce) a0 = _mm512_fmadd_ps(dot(row, c), _mm512_loadu_ps(p.sxl + c / lane_cols), a0);
+              t0 = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), sg, t0);
+            }
+          }
+        }
+        if (cf < c1)  // the row's last columns, past the last whole step
           for (std::size_t gi = gb; gi < gb + ng; ++gi) {
             const std::size_t a = std::max(g.group_begin(gi), cf), e = g.group_end(gi);
-            const float sg = s[gi - gb];
-            if (a < e) tail += sg * scalar_part(row, a, e, v.u8f, p.x);
-            corr += sg * zero_of(m, g.index(r, gi), v.offset) * p.gsum[gi];
+            if (a < e) tail += s[gi - gb] * scalar_part(row, a, e, v.u8f, p.x);
           }
-          continue;
-        }
-        for (std::size_t gi = gb; gi < gb + ng; ++gi) {
-          const std::size_t c0 = g.group_begin(gi), c1 = g.group_end(gi), cf = std::min(c1, full);
-          __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-          std::size_t c = c0;
-          for (; c + 2 * chunk <= cf; c += 2 * chunk) {
-            a0 = _mm512_fmadd_ps(chunk_dot(row + c / 2, p.xq + c), _mm512_loadu_ps(p.sxl + c / 8), a0);
-            a1 = _mm512_fmadd_ps(chunk_dot(row + c / 2 + 64, p.xq + c + chunk), _mm512_loadu_ps(p.sxl + c / 8 + 16), a1);
-          }
-          if (c < cf) a0 = _mm512_fmadd_ps(chunk_dot(row + c / 2, p.xq + c), _mm512_loadu_ps(p.sxl + c / 8), a0);
-          const float sg = s[gi - gb];
-          tot = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), _mm512_set1_ps(sg), tot);
-          if (cf < c1) tail += sg * scalar_part(row, std::max(c0, cf), c1, v.u8f, p.x);
-          corr += sg * zero_of(m, g.index(r, gi), v.offset) * p.gsum[gi];
-        }
       }
-      y[r] = v.mult * (_mm512_reduce_add_ps(tot) + tail - corr);
+      y[r] = v.mult * (_mm512_reduce_add_ps(_mm512_add_ps(t0, t1)) + tail - corr);
     }
+  }
+
+  // Fast 4-bit with integer dot products: 128 codes per 64-byte load.
+  static void rows_nibble_int(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
+                              std::size_t r1) noexcept {
+    const values_t& v = values_t::get();
+    const __m512i lowmask = _mm512_set1_epi8(0x0F);
+    const __m512i utab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v.u8)));
+    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x88));
+    constexpr bool sym_int = !Asym && is_integer_format_v<Fmt>;
+    const std::int8_t* xq = p.xq;
+    rows_int<128>(m, p, y, r0, r1, [&](const std::uint8_t* row, std::size_t c) {
+      const __m512i b = _mm512_loadu_si512(row + c / 2);
+      __m512i lo, hi;
+      if constexpr (sym_int) {  // (b ^ 0x88) & 0x0F in one ternary-logic op: 0x28 = (A ^ B) & C
+        lo = _mm512_ternarylogic_epi32(b, flip, lowmask, 0x28);
+        hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(b, 4), flip, lowmask, 0x28);
+      } else {
+        lo = _mm512_and_si512(b, lowmask);
+        hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), lowmask);
+      }
+      if constexpr (!Asym && !is_integer_format_v<Fmt>) {
+        lo = _mm512_shuffle_epi8(utab, lo);
+        hi = _mm512_shuffle_epi8(utab, hi);
+      }
+      __m512i acc = dot_u8s8(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xq + c));
+      acc = dot_u8s8(acc, hi, _mm512_loadu_si512(xq + c + 64));
+      return _mm512_cvtepi32_ps(acc);
+    });
   }
 
   // Exact (or float fast) 8-bit: 32 codes per step.
@@ -503,59 +541,13 @@ struct gemv_kernel {
   // Fast 8-bit integers: 64 codes per step, vpdpbusd against int8 activations.
   static void rows_byte_int(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
                             std::size_t r1) noexcept {
-    const values_t& v = values_t::get();
-    const scale_grid& g = m.grid;
-    constexpr std::size_t chunk = 64;
-    const std::size_t full = g.cols / chunk * chunk;
-    const bool small_groups = g.groups_per_row > 1 && g.group % chunk != 0;  // 32
-    const __m512i lane_idx = lane_group_index(4, small_groups ? g.group : chunk);
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
-    alignas(64) float s[scale_batch + 16] = {};
-
-    auto chunk_dot = [&](const std::uint8_t* q, const std::int8_t* xq) {
-      __m512i b = _mm512_loadu_si512(q);
+    const std::int8_t* xq = p.xq;
+    rows_int<64>(m, p, y, r0, r1, [&](const std::uint8_t* row, std::size_t c) {
+      __m512i b = _mm512_loadu_si512(row + c);
       if constexpr (!Asym) b = _mm512_xor_si512(b, flip);
-      return _mm512_cvtepi32_ps(dot_u8s8(_mm512_setzero_si512(), b, _mm512_loadu_si512(xq)));
-    };
-
-    for (std::size_t r = r0; r < r1; ++r) {
-      const std::uint8_t* row = m.codes + r * m.row_bytes;
-      __m512 tot = _mm512_setzero_ps();
-      float tail = 0.0f, corr = 0.0f;
-      for (std::size_t gb = 0; gb < g.groups_per_row; gb += scale_batch) {
-        const std::size_t ng = std::min(scale_batch, g.groups_per_row - gb);
-        row_scales(m, r, gb, ng, s);
-        if (small_groups) {
-          const std::size_t c0 = g.group_begin(gb), c1 = g.group_end(gb + ng - 1), cf = std::min(c1, full);
-          for (std::size_t c = c0; c + chunk <= cf; c += chunk) {
-            const __m512 sw = _mm512_permutexvar_ps(lane_idx, _mm512_loadu_ps(s + (c - c0) / g.group));
-            tot = _mm512_fmadd_ps(chunk_dot(row + c, p.xq + c), _mm512_mul_ps(sw, _mm512_loadu_ps(p.sxl + c / 4)), tot);
-          }
-          for (std::size_t gi = gb; gi < gb + ng; ++gi) {
-            const std::size_t a = std::max(g.group_begin(gi), cf), e = g.group_end(gi);
-            const float sg = s[gi - gb];
-            if (a < e) tail += sg * scalar_part(row, a, e, v.u8f, p.x);
-            corr += sg * zero_of(m, g.index(r, gi), v.offset) * p.gsum[gi];
-          }
-          continue;
-        }
-        for (std::size_t gi = gb; gi < gb + ng; ++gi) {
-          const std::size_t c0 = g.group_begin(gi), c1 = g.group_end(gi), cf = std::min(c1, full);
-          __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-          std::size_t c = c0;
-          for (; c + 2 * chunk <= cf; c += 2 * chunk) {
-            a0 = _mm512_fmadd_ps(chunk_dot(row + c, p.xq + c), _mm512_loadu_ps(p.sxl + c / 4), a0);
-            a1 = _mm512_fmadd_ps(chunk_dot(row + c + chunk, p.xq + c + chunk), _mm512_loadu_ps(p.sxl + c / 4 + 16), a1);
-          }
-          if (c < cf) a0 = _mm512_fmadd_ps(chunk_dot(row + c, p.xq + c), _mm512_loadu_ps(p.sxl + c / 4), a0);
-          const float sg = s[gi - gb];
-          tot = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), _mm512_set1_ps(sg), tot);
-          if (cf < c1) tail += sg * scalar_part(row, std::max(c0, cf), c1, v.u8f, p.x);
-          corr += sg * zero_of(m, g.index(r, gi), v.offset) * p.gsum[gi];
-        }
-      }
-      y[r] = v.mult * (_mm512_reduce_add_ps(tot) + tail - corr);
-    }
+      return _mm512_cvtepi32_ps(dot_u8s8(_mm512_setzero_si512(), b, _mm512_loadu_si512(xq + c)));
+    });
   }
 #endif  // QUANT_ISA_AVX512
 };
