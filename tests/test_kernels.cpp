@@ -76,6 +76,12 @@ void check_all(const Gran& g, const char* name) {
     reference::dequantize(t.cview(), {dr.data(), rows, cols, ld});
     INFO(what, " dequantize");
     REQUIRE(std::memcmp(d.data(), dr.data(), d.size() * sizeof(float)) == 0);
+    // by row ranges, in two pieces
+    std::vector<float> dp(rows * ld, 7.0f);
+    dequantize(t, {dp.data(), rows, cols, ld}, row_range{rows / 2, rows});
+    CHECK(dp[0] == (rows / 2 > 0 ? 7.0f : dr[0]));
+    dequantize(t, {dp.data(), rows, cols, ld}, row_range{0, rows / 2});
+    REQUIRE(std::memcmp(dp.data(), dr.data(), dp.size() * sizeof(float)) == 0);
   }
 }
 

@@ -29,6 +29,7 @@
 #include "reference/gemv.hpp"
 #include "reference/quantize.hpp"
 #include "isa.hpp"
+#include "simd/dequantize.hpp"
 #include "simd/gemv.hpp"
 #include "threading.hpp"
 
@@ -44,7 +45,17 @@ struct fast_t {
 inline constexpr exact_t exact{};
 inline constexpr fast_t fast{};
 
+/// A range of rows [begin, end) for the kernels that can run on part of a matrix.
+struct row_range {
+  std::size_t begin = 0, end = 0;
+};
+
 namespace detail {
+
+template <class F, class Gran>
+gemv_problem problem_of(const tensor_view<F, Gran>& t) noexcept {
+  return {t.codes().data(), t.requirements().row_bytes, t.scales().data(), t.zeros().data(), t.grid()};
+}
 
 inline void check_not_empty(matrix_view<const float> w, const char* who) {
   if (w.empty()) fail(who, ": w is empty (", w.rows(), " x ", w.cols(), ")");
@@ -106,22 +117,30 @@ tensor<F, Gran> quantize(matrix_view<const float> w, const quantize_options& opt
   return quantize<F, Gran>(w, Gran{}, options);
 }
 
+/// Writes rows [rows.begin, rows.end) of the dequantized t into the same rows of out (same
+/// shape as t; out may have a row stride); other rows of out are not touched.
+template <class F, class Gran>
+void dequantize(tensor_view<F, Gran> t, matrix_view<float> out, row_range rows) {
+  detail::check_tensor(t, "quant::dequantize", "t");
+  detail::check_same_shape(t.rows(), t.cols(), out.rows(), out.cols(), "quant::dequantize", "t", "out");
+  if (rows.begin > rows.end || rows.end > t.rows())
+    detail::fail("quant::dequantize: row range [", rows.begin, ", ", rows.end, ") is not inside [0, ", t.rows(), ")");
+  detail::dequantize_kernel<std::remove_const_t<F>, Gran::is_asymmetric, typename Gran::scale_type, default_isa>::rows(
+      detail::problem_of(t), out.data(), out.ld(), rows.begin, rows.end);
+}
 /// Writes the dequantized weights of t into out (same shape; out may have a row stride).
 template <class F, class Gran>
 void dequantize(tensor_view<F, Gran> t, matrix_view<float> out) {
-  detail::check_tensor(t, "quant::dequantize", "t");
-  detail::check_same_shape(t.rows(), t.cols(), out.rows(), out.cols(), "quant::dequantize", "t", "out");
-  reference::dequantize(t, out);
+  dequantize(t, out, row_range{0, t.rows()});
+}
+template <class F, class Gran>
+void dequantize(const tensor<F, Gran>& t, matrix_view<float> out, row_range rows) {
+  dequantize(t.cview(), out, rows);
 }
 template <class F, class Gran>
 void dequantize(const tensor<F, Gran>& t, matrix_view<float> out) {
   dequantize(t.cview(), out);
 }
-
-/// A range of rows [begin, end) for the kernels that can run on part of a matrix.
-struct row_range {
-  std::size_t begin = 0, end = 0;
-};
 
 /// Which kernel a GEMV call runs: the ISA tier, the path (kernels/simd/gemv.hpp) and whether the
 /// fast mode runs as integer dot products.
@@ -139,11 +158,6 @@ inline constexpr bool is_gemv_mode_v = std::is_same_v<Mode, exact_t> || std::is_
 template <class F, class Gran, class Mode, class Isa = default_isa>
 using gemv_kernel_for = gemv_kernel<std::remove_const_t<F>, Gran::is_asymmetric, typename Gran::scale_type, Isa,
                                     std::is_same_v<Mode, fast_t>>;
-
-template <class F, class Gran>
-gemv_problem problem_of(const tensor_view<F, Gran>& t) noexcept {
-  return {t.codes().data(), t.requirements().row_bytes, t.scales().data(), t.zeros().data(), t.grid()};
-}
 
 /// An aligned heap workspace for the overloads that allocate.
 struct heap_workspace {
