@@ -98,7 +98,8 @@ inline bool cpu_supports(isa i) noexcept {
     case isa::generic: return true;
     case isa::sse4_2: return __builtin_cpu_supports("sse4.2");
     case isa::avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+      // F16C is not queried (clang's builtin does not know it): every AVX2 CPU has it.
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case isa::avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && cpu_supports(isa::avx2);
