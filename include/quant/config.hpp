@@ -7,9 +7,19 @@
 
 #include "version.hpp"
 
+// The runtime-dispatch mode (kernels/dispatch.hpp) compiles the library once per ISA tier, each
+// time with QUANT_ABI_TAG set (v0_avx2, ...): every symbol of such a translation unit then lives
+// in its own inline namespace, so no inline function compiled with AVX-512 flags can be picked by
+// the linker for code that must run on an older CPU.
+#if defined(QUANT_ABI_TAG)
+#define QUANT_NAMESPACE_BEGIN \
+  namespace quant {           \
+  inline namespace QUANT_ABI_TAG {
+#else
 #define QUANT_NAMESPACE_BEGIN \
   namespace quant {           \
   inline namespace v0 {
+#endif
 #define QUANT_NAMESPACE_END \
   }                         \
   }

@@ -11,9 +11,9 @@
 //   quant::gemv(t, x, y, quant::fast);   // int8 activations per block of 32, integer dots
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
-#include <algorithm>
 #include <new>
 #include <span>
 #include <string_view>
@@ -23,6 +23,9 @@
 #include "../config.hpp"
 #include "../core/error.hpp"
 #include "../core/matrix_view.hpp"
+#include "../formats/integer.hpp"
+#include "../formats/lut.hpp"
+#include "../formats/minifloat.hpp"
 #include "../scheme/fit.hpp"
 #include "../tensor/tensor.hpp"
 #include "../tensor/tensor_view.hpp"
@@ -32,6 +35,7 @@
 #include "simd/dequantize.hpp"
 #include "simd/gemv.hpp"
 #include "threading.hpp"
+#include "dispatch/abi.hpp"
 
 QUANT_NAMESPACE_BEGIN
 
@@ -55,6 +59,58 @@ namespace detail {
 template <class F, class Gran>
 gemv_problem problem_of(const tensor_view<F, Gran>& t) noexcept {
   return {t.codes().data(), t.requirements().row_bytes, t.scales().data(), t.zeros().data(), t.grid()};
+}
+
+
+/// True when this translation unit routes built-in formats through the runtime-dispatch
+/// library (QUANT_RUNTIME_DISPATCH, set by quant_add_dispatch_library()).
+#if defined(QUANT_RUNTIME_DISPATCH) && !defined(QUANT_ABI_TAG)
+inline constexpr bool runtime_dispatch = true;
+#else
+inline constexpr bool runtime_dispatch = false;
+#endif
+
+template <class F>
+inline constexpr bool is_builtin_format_v =
+    std::is_same_v<F, int8> || std::is_same_v<F, int4> || std::is_same_v<F, int3> || std::is_same_v<F, int2> ||
+    std::is_same_v<F, nf4> || std::is_same_v<F, fp8_e4m3> || std::is_same_v<F, fp8_e5m2> ||
+    std::is_same_v<F, fp4_e2m1>;
+
+/// The dispatch library's call for rows [r0, r1) of t (built-in formats only).
+template <class F, class Gran>
+quant_dispatch_v0::call dispatch_call(const tensor_view<F, Gran>& t, std::size_t r0, std::size_t r1) noexcept {
+  using S = typename Gran::scale_type;
+  quant_dispatch_v0::call c;
+  c.format_id = format_traits<std::remove_const_t<F>>::id;
+  c.asymmetric = Gran::is_asymmetric;
+  c.scales_type = std::is_same_v<S, float>  ? quant_dispatch_v0::scale_kind::f32
+                  : std::is_same_v<S, fp16> ? quant_dispatch_v0::scale_kind::f16
+                  : std::is_same_v<S, bf16> ? quant_dispatch_v0::scale_kind::bf16
+                                            : quant_dispatch_v0::scale_kind::e8m0;
+  c.codes = t.codes().data();
+  c.row_bytes = t.requirements().row_bytes;
+  c.scales = t.scales().data();
+  c.zeros = t.zeros().data();
+  const scale_grid& g = t.grid();
+  c.rows = g.rows, c.cols = g.cols, c.group = g.group, c.groups_per_row = g.groups_per_row, c.single = g.single;
+  c.r0 = r0, c.r1 = r1;
+  return c;
+}
+
+/// Runs a GEMV (y) or dequantize (out, ld) through the dispatch library; false when this build
+/// does not dispatch or the format is not a built-in one.
+template <class F, class Gran>
+bool try_dispatch(const tensor_view<F, Gran>& t, bool gemv_call, bool fast_mode, const float* x, float* out,
+                  std::size_t ld, std::size_t r0, std::size_t r1) {
+  if constexpr (runtime_dispatch && is_builtin_format_v<std::remove_const_t<F>>) {
+    quant_dispatch_v0::call c = dispatch_call(t, r0, r1);
+    c.fast = fast_mode, c.x = x, c.out = out, c.ld = ld;
+    const quant_dispatch_v0::tier_entries e = quant_dispatch_v0::select_tier();
+    return gemv_call ? e.gemv(c) : e.dequantize(c);
+  } else {
+    (void)t, (void)gemv_call, (void)fast_mode, (void)x, (void)out, (void)ld, (void)r0, (void)r1;
+    return false;
+  }
 }
 
 inline void check_not_empty(matrix_view<const float> w, const char* who) {
@@ -125,6 +181,7 @@ void dequantize(tensor_view<F, Gran> t, matrix_view<float> out, row_range rows) 
   detail::check_same_shape(t.rows(), t.cols(), out.rows(), out.cols(), "quant::dequantize", "t", "out");
   if (rows.begin > rows.end || rows.end > t.rows())
     detail::fail("quant::dequantize: row range [", rows.begin, ", ", rows.end, ") is not inside [0, ", t.rows(), ")");
+  if (detail::try_dispatch(t, false, false, nullptr, out.data(), out.ld(), rows.begin, rows.end)) return;
   detail::dequantize_kernel<std::remove_const_t<F>, Gran::is_asymmetric, typename Gran::scale_type, default_isa>::rows(
       detail::problem_of(t), out.data(), out.ld(), rows.begin, rows.end);
 }
@@ -182,8 +239,14 @@ inline void check_rows(row_range rr, std::size_t rows) {
 
 }  // namespace detail
 
-/// The tier the header-only kernels of this translation unit run on ("avx512_vnni", "avx2", ...).
-constexpr std::string_view active_isa_name() noexcept { return isa_name(default_isa::id); }
+/// The tier quant::gemv and quant::dequantize run on for built-in formats: the tier this
+/// translation unit was compiled for, or in the runtime-dispatch mode the one chosen for this CPU.
+inline isa active_isa() noexcept {
+  if constexpr (detail::runtime_dispatch) return static_cast<isa>(quant_dispatch_v0::select_tier().isa);
+  else return default_isa::id;
+}
+/// active_isa() as a name: "avx512_vnni", "avx512", "avx2", "sse4_2" or "generic".
+inline std::string_view active_isa_name() noexcept { return isa_name(active_isa()); }
 
 /// The kernel quant::gemv(w, x, y, mode) runs for this tensor.
 template <class F, class Gran, class Mode = exact_t>
@@ -191,6 +254,18 @@ template <class F, class Gran, class Mode = exact_t>
 gemv_kernel_info gemv_kernel(tensor_view<F, Gran> w, Mode = Mode{}) {
   using K = detail::gemv_kernel_for<F, Gran, Mode>;
   const gemv_path_kind p = K::path_for(w.grid());
+  if constexpr (detail::runtime_dispatch && detail::is_builtin_format_v<std::remove_const_t<F>>) {
+    // The path as the dispatched tier takes it (the tiers share one path rule per ISA level).
+    const isa t = active_isa();
+    auto info = [&](auto k) {
+      using D = decltype(k);
+      const gemv_path_kind dp = D::path_for(w.grid());
+      return gemv_kernel_info{t, dp, D::integer_fast(dp, w.grid())};
+    };
+    if (t == isa::avx512_vnni) return info(detail::gemv_kernel_for<F, Gran, Mode, isa_avx512_vnni>{});
+    if (t == isa::avx512) return info(detail::gemv_kernel_for<F, Gran, Mode, isa_avx512>{});
+    return gemv_kernel_info{t, gemv_path_kind::generic, false};
+  }
   return {default_isa::id, p, K::integer_fast(p, w.grid())};
 }
 
@@ -221,6 +296,7 @@ void gemv(tensor_view<F, Gran> w, std::span<const float> x, std::span<float> y, 
   using K = detail::gemv_kernel_for<F, Gran, Mode>;
   detail::check_gemv(w, x, y);
   detail::check_rows(rows, w.rows());
+  if (detail::try_dispatch(w, true, std::is_same_v<Mode, fast_t>, x.data(), y.data(), 0, rows.begin, rows.end)) return;
   detail::heap_workspace ws(K::workspace_bytes(w.grid()));
   const detail::gemv_prepared p = K::prepare(w.grid(), x.data(), ws.p);
   K::rows(detail::problem_of(w), p, y.data(), rows.begin, rows.end);
@@ -232,13 +308,22 @@ template <class F, class Gran, class Mode, class Exec>
 void gemv(tensor_view<F, Gran> w, std::span<const float> x, std::span<float> y, Mode, Exec&& exec) {
   using K = detail::gemv_kernel_for<F, Gran, Mode>;
   detail::check_gemv(w, x, y);
+  const std::size_t rows = w.rows();
+  const std::size_t min_rows0 = std::max<std::size_t>(8, 32768 / w.cols());
+  if constexpr (detail::runtime_dispatch && detail::is_builtin_format_v<std::remove_const_t<F>>) {
+    // The dispatched kernels prepare x per range (O(cols) each).
+    const std::size_t tasks = std::clamp<std::size_t>(rows / min_rows0, 1, 64);
+    exec(tasks, [&](std::size_t i) {
+      const auto [r0, r1] = detail::split_rows(rows, tasks, i);
+      detail::try_dispatch(w, true, std::is_same_v<Mode, fast_t>, x.data(), y.data(), 0, r0, r1);
+    });
+    return;
+  }
   detail::heap_workspace ws(K::workspace_bytes(w.grid()));
   const detail::gemv_prepared p = K::prepare(w.grid(), x.data(), ws.p);
   const detail::gemv_problem m = detail::problem_of(w);
-  const std::size_t rows = w.rows();
   // Enough ranges to balance the load, each at least 8 rows and 32K weights.
-  const std::size_t min_rows = std::max<std::size_t>(8, 32768 / w.cols());
-  const std::size_t tasks = std::clamp<std::size_t>(rows / min_rows, 1, 64);
+  const std::size_t tasks = std::clamp<std::size_t>(rows / min_rows0, 1, 64);
   exec(tasks, [&](std::size_t i) {
     const auto [r0, r1] = detail::split_rows(rows, tasks, i);
     K::rows(m, p, y.data(), r0, r1);
