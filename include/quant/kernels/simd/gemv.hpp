@@ -295,12 +295,14 @@ struct gemv_kernel {
     return t;
   }
 
-  // Exact (or float fast) 4-bit: 32 codes per step, two permutes of the value table.
-  static void rows_nibble_float(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
-                                std::size_t r1) noexcept {
+  // The float paths (exact mode, and fast mode without integer dots): steps of 32 columns, four
+  // accumulators per group, the group scale (times `unit`) applied once per group. step(row, c,
+  // a, b) adds the products of columns [c, c + 32) into a and b.
+  template <class Step>
+  static QUANT_ALWAYS_INLINE void rows_float(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
+                                             std::size_t r1, float unit, Step step) noexcept {
     const scale_grid& g = m.grid;
     const float* table = value_table();
-    const __m512 tv = _mm512_loadu_ps(table);
     const std::size_t full = g.cols / 32 * 32;
     alignas(64) float s[scale_batch];
     for (std::size_t r = r0; r < r1; ++r) {
@@ -315,26 +317,30 @@ struct gemv_kernel {
           __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
           std::size_t c = c0;
           for (; c + 64 <= cf; c += 64) {
-            const __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2)));
-            const __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2 + 16)));
-            a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(v0, tv), _mm512_loadu_ps(p.xp + c), a0);
-            a1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), tv), _mm512_loadu_ps(p.xp + c + 16), a1);
-            a2 = _mm512_fmadd_ps(_mm512_permutexvar_ps(v1, tv), _mm512_loadu_ps(p.xp + c + 32), a2);
-            a3 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), tv), _mm512_loadu_ps(p.xp + c + 48), a3);
+            step(row, c, a0, a1);
+            step(row, c + 32, a2, a3);
           }
-          if (c < cf) {
-            const __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2)));
-            a0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(v0, tv), _mm512_loadu_ps(p.xp + c), a0);
-            a1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), tv), _mm512_loadu_ps(p.xp + c + 16), a1);
-          }
+          if (c < cf) step(row, c, a0, a1);
           const float sg = s[gi - gb];
-          tot = _mm512_fmadd_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)), _mm512_set1_ps(sg), tot);
+          tot = _mm512_fmadd_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)), _mm512_set1_ps(sg * unit), tot);
           if (cf < c1) tail += sg * scalar_part(row, std::max(c0, cf), c1, table, p.x);
           if constexpr (Asym) corr += sg * zero_of(m, g.index(r, gi), 0) * p.gsum[gi];
         }
       }
       y[r] = _mm512_reduce_add_ps(tot) + tail - corr;
     }
+  }
+
+  // Exact (or float fast) 4-bit: two permutes of the value table per 32 codes, x deinterleaved.
+  static void rows_nibble_float(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
+                                std::size_t r1) noexcept {
+    const __m512 tv = _mm512_loadu_ps(value_table());
+    const float* xp = p.xp;
+    rows_float(m, p, y, r0, r1, 1.0f, [&](const std::uint8_t* row, std::size_t c, __m512& a, __m512& b) {
+      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2)));
+      a = _mm512_fmadd_ps(_mm512_permutexvar_ps(v, tv), _mm512_loadu_ps(xp + c), a);
+      b = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tv), _mm512_loadu_ps(xp + c + 16), b);
+    });
   }
 
   /// u8 x s8 dot products of 64 byte pairs added into the int32 lanes of acc.
@@ -462,7 +468,7 @@ struct gemv_kernel {
     });
   }
 
-  // Exact (or float fast) 8-bit: 32 codes per step.
+  // 32 8-bit codes as two vectors of values.
   static QUANT_ALWAYS_INLINE void byte_values(const std::uint8_t* q, const float* table, __m512& w0, __m512& w1) noexcept {
     if constexpr (is_integer_format_v<Fmt>) {
       const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
@@ -494,48 +500,18 @@ struct gemv_kernel {
     }
   }
 
+  // Exact (or float fast) 8-bit. e4m3 is rebuilt as value * 2^-8 (values_t::fast equals exact for fp8).
   static void rows_byte_float(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
                               std::size_t r1) noexcept {
-    const scale_grid& g = m.grid;
     const float* table = value_table();
-    // e4m3 is rebuilt as value * 2^-8 (values_t::fast equals exact for fp8).
-    constexpr float unit = is_e4m3_v<Fmt> ? 256.0f : 1.0f;
-    const std::size_t full = g.cols / 32 * 32;
-    alignas(64) float s[scale_batch];
-    for (std::size_t r = r0; r < r1; ++r) {
-      const std::uint8_t* row = m.codes + r * m.row_bytes;
-      __m512 tot = _mm512_setzero_ps();
-      float tail = 0.0f, corr = 0.0f;
-      for (std::size_t gb = 0; gb < g.groups_per_row; gb += scale_batch) {
-        const std::size_t ng = std::min(scale_batch, g.groups_per_row - gb);
-        row_scales(m, r, gb, ng, s);
-        for (std::size_t gi = gb; gi < gb + ng; ++gi) {
-          const std::size_t c0 = g.group_begin(gi), c1 = g.group_end(gi), cf = std::min(c1, full);
-          __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-          std::size_t c = c0;
-          for (; c + 64 <= cf; c += 64) {
-            __m512 w0, w1, w2, w3;
-            byte_values(row + c, table, w0, w1);
-            byte_values(row + c + 32, table, w2, w3);
-            a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p.x + c), a0);
-            a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p.x + c + 16), a1);
-            a2 = _mm512_fmadd_ps(w2, _mm512_loadu_ps(p.x + c + 32), a2);
-            a3 = _mm512_fmadd_ps(w3, _mm512_loadu_ps(p.x + c + 48), a3);
-          }
-          if (c < cf) {
-            __m512 w0, w1;
-            byte_values(row + c, table, w0, w1);
-            a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p.x + c), a0);
-            a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p.x + c + 16), a1);
-          }
-          const float sg = s[gi - gb];
-          tot = _mm512_fmadd_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)), _mm512_set1_ps(sg * unit), tot);
-          if (cf < c1) tail += sg * scalar_part(row, std::max(c0, cf), c1, table, p.x);
-          if constexpr (Asym) corr += sg * zero_of(m, g.index(r, gi), 0) * p.gsum[gi];
-        }
-      }
-      y[r] = _mm512_reduce_add_ps(tot) + tail - corr;
-    }
+    const float* x = p.x;
+    rows_float(m, p, y, r0, r1, is_e4m3_v<Fmt> ? 256.0f : 1.0f,
+               [&](const std::uint8_t* row, std::size_t c, __m512& a, __m512& b) {
+                 __m512 w0, w1;
+                 byte_values(row + c, table, w0, w1);
+                 a = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + c), a);
+                 b = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + c + 16), b);
+               });
   }
 
   // Fast 8-bit integers: 64 codes per step, vpdpbusd against int8 activations.
