@@ -104,6 +104,10 @@ TEST_CASE("gemv and dequantize match the reference: integer formats") {
   check_all<int3>(per_channel<>{}, "int3 per-channel");
   check_all<int2>(per_group<64, asymmetric>{}, "int2 g64 asym");
   check_all<int2>(per_group<32>{}, "int2 g32");
+  check_all<int2>(per_group<128>{}, "int2 g128");
+  check_all<int2>(per_channel<asymmetric>{}, "int2 per-channel asym");
+  check_all<int3>(per_group<256>{}, "int3 g256");
+  check_all<int3>(per_group<64>{}, "int3 g64");
 }
 
 TEST_CASE("gemv and dequantize match the reference: code-table and minifloat formats") {
@@ -219,6 +223,8 @@ TEST_CASE("the kernels this build runs are the best its ISA tier has") {
   const auto t4 = make<int4>(4, 256, per_group<128>{}, 3);
   const auto t8 = make<int8>(4, 256, per_channel<>{}, 4);
   const auto tn = make<nf4>(4, 256, per_group<64>{}, 5);
+  const auto t3 = make<int3>(4, 256, per_group<128>{}, 6);
+  const auto t2 = make<int2>(4, 256, per_group<64, asymmetric>{}, 7);
   MESSAGE("compiled for ", active_isa_name(), "; this CPU's best tier is ", isa_name(best_cpu_isa()));
   const isa tier = compiled_isa();
   CHECK(gemv_kernel(t4, fast).tier == tier);
@@ -229,6 +235,8 @@ TEST_CASE("the kernels this build runs are the best its ISA tier has") {
     CHECK(gemv_kernel(t8, fast).path == gemv_path_kind::byte);
     CHECK(gemv_kernel(t8, fast).integer == (tier >= isa::avx512_vnni));
     CHECK(gemv_kernel(tn, fast).integer == (tier >= isa::avx512_vnni));
+    CHECK(gemv_kernel(t3, exact).path == gemv_path_kind::narrow);
+    CHECK(gemv_kernel(t2, fast).path == gemv_path_kind::narrow);
   }
 #if defined(QUANT_TEST_NATIVE)
   // The -march=native build must be the best tier this CPU has: a missed flag or a broken

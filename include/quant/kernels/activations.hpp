@@ -4,9 +4,10 @@
 //   - the fast mode quantizes x to int8 per block of fast_block_size (the reference rule,
 //     reproduced bit for bit: s = max|x| / 127, q = clamp(rne(x / s), -127, 127)) and keeps
 //     q, the block scales, and xdq = s * q in float;
-//   - kernels that decode two nibbles at once read x "deinterleaved" per chunk: the even columns
-//     of the chunk, then the odd ones, so the low and high nibbles of the same bytes line up with
-//     consecutive activations;
+//   - kernels that decode several codes of the same bytes at once read x "deinterleaved" per
+//     chunk: for nibbles the even columns of the chunk, then the odd ones, so the low and high
+//     nibbles of the same bytes line up with consecutive activations (2- and 3-bit codes: 4 and
+//     8 such phases);
 //   - per group, the sum of the activations the kernel multiplies with, for the zero-point (and
 //     code-offset) correction  sum_c (u_c - z) x_c = sum_c u_c x_c - z * sum_c x_c.
 #pragma once
@@ -53,15 +54,21 @@ inline void group_sums(const float* v, const scale_grid& g, float* out) noexcept
   }
 }
 
+/// Deinterleaves v[0, n) (n a multiple of chunk) per chunk into `phases` runs: run k holds the
+/// chunk's positions k, k + phases, k + 2 * phases, ... (the codes a kernel extracts from the
+/// same bytes with one shift line up with consecutive activations).
+template <class T>
+void deinterleave_phases(const T* v, std::size_t n, std::size_t chunk, std::size_t phases, T* out) noexcept {
+  const std::size_t run = chunk / phases;
+  for (std::size_t c0 = 0; c0 < n; c0 += chunk)
+    for (std::size_t k = 0; k < phases; ++k)
+      for (std::size_t i = 0; i < run; ++i) out[c0 + k * run + i] = v[c0 + phases * i + k];
+}
+
 /// Deinterleaves v[0, n) (n a multiple of chunk) per chunk: even positions, then odd ones.
 template <class T>
 void deinterleave_chunks(const T* v, std::size_t n, std::size_t chunk, T* out) noexcept {
-  const std::size_t half = chunk / 2;
-  for (std::size_t c0 = 0; c0 < n; c0 += chunk)
-    for (std::size_t i = 0; i < half; ++i) {
-      out[c0 + i] = v[c0 + 2 * i];
-      out[c0 + half + i] = v[c0 + 2 * i + 1];
-    }
+  deinterleave_phases(v, n, chunk, 2, out);
 }
 
 /// A bump allocator over a caller's workspace; sizes are rounded up to 64 bytes.

@@ -3,13 +3,15 @@
 // Every value is computed as the reference computes it, s * v(q) (symmetric) or s * (q - z)
 // (asymmetric), one rounding each, so the SIMD result equals reference::dequantize bit for bit.
 // AVX-512 decodes 32 4-bit codes with two vpermps of the value table and re-interleaves them
-// with vpermt2ps; 8-bit codes are gathered from the 256-entry table (NaN codes included). The
+// with vpermt2ps; 2- and 3-bit codes are shifted into place per lane and looked up with one
+// vpermps per 16 codes; 8-bit codes are gathered from the 256-entry table (NaN codes included). The
 // generic path decodes through the same table and lets the compiler vectorize the scaling.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "../../config.hpp"
 #include "../isa.hpp"
@@ -64,6 +66,29 @@ struct dequantize_kernel {
         const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tv);
         _mm512_storeu_ps(o + c, finish(_mm512_permutex2var_ps(lo, i0, hi)));
         _mm512_storeu_ps(o + c + 16, finish(_mm512_permutex2var_ps(lo, i1, hi)));
+      }
+    } else if constexpr (bits == 2 || bits == 3) {
+      // 16 codes per step: their 32 or 48 bits broadcast to the lanes, shifted by 0, bits, 2 bits,
+      // ... per lane (3-bit: the second 8 lanes start at bit 24), looked up in T16[i] = T[i mod 2^bits].
+      constexpr std::size_t align = bits == 2 ? 4 : 8;  // codes per whole bytes
+      if (c0 % align != 0) return c0;
+      alignas(64) float t16[16];
+      for (unsigned i = 0; i < 16; ++i) t16[i] = table[i & ((1u << bits) - 1u)];
+      const __m512 tv = _mm512_load_ps(t16);
+      const __m512i shifts = bits == 2 ? _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+                                       : _mm512_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21, 0, 3, 6, 9, 12, 15, 18, 21);
+      for (; c + 16 <= c1; c += 16) {
+        __m512i v;
+        if constexpr (bits == 2) {
+          std::uint32_t w;
+          std::memcpy(&w, row + c / 4, 4);
+          v = _mm512_set1_epi32(static_cast<int>(w));
+        } else {
+          const std::uint8_t* q = row + c / 8 * 3;
+          const std::uint32_t lo = q[0] | (q[1] << 8) | (q[2] << 16), hi = q[3] | (q[4] << 8) | (q[5] << 16);
+          v = _mm512_mask_set1_epi32(_mm512_set1_epi32(static_cast<int>(lo)), 0xFF00, static_cast<int>(hi));
+        }
+        _mm512_storeu_ps(o + c, finish(_mm512_permutexvar_ps(_mm512_srlv_epi32(v, shifts), tv)));
       }
     } else if constexpr (bits == 8) {
       for (; c + 16 <= c1; c += 16) {

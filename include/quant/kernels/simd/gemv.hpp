@@ -15,6 +15,10 @@
 //             converted with vcvtph2ps (the e4m3 exponent bias difference, 2^8, is folded into
 //             the group scale); other 8-bit formats gathered from the 256-entry table.
 //             fast:  int8 codes (xor 0x80 when signed) times int8 activations by vpdpbusd.
+//   narrow    (AVX-512, 2- and 3-bit codes; groups a multiple of 64 (2-bit) or 128 (3-bit), or
+//             one group per row), both modes in float: 4 or 8 codes per int32 lane, each phase
+//             decoded by one vpermps from the value table repeated to 16 entries, FMA with x
+//             deinterleaved into the same phases.
 //   generic   (every tier, format and group size) codes decoded through the value table into a
 //             small buffer, then an xsimd FMA dot product with x.
 //
@@ -48,7 +52,7 @@
 QUANT_NAMESPACE_BEGIN
 
 /// The kernel paths, as reported by gemv_path().
-enum class gemv_path_kind { generic, nibble, byte };
+enum class gemv_path_kind { generic, nibble, byte, narrow };
 
 namespace detail {
 
@@ -131,12 +135,17 @@ struct gemv_kernel {
   static constexpr unsigned bits = format_traits<Fmt>::bits;
   static constexpr bool avx512 = Isa::id >= isa::avx512;
   static constexpr bool vnni = Isa::id >= isa::avx512_vnni;
+  /// Columns per step of the narrow (2- and 3-bit) path: 16 int32 lanes of 4 or 8 codes.
+  static constexpr std::size_t narrow_step = bits == 3 ? 128 : 64;
 
   /// The path this kernel takes for a grid (the same for every row).
   static gemv_path_kind path_for(const scale_grid& g) noexcept {
     if constexpr (avx512 && (bits == 4 || bits == 8)) {
       const bool one_group = g.groups_per_row == 1;
       if (one_group || g.group % 32 == 0) return bits == 4 ? gemv_path_kind::nibble : gemv_path_kind::byte;
+    }
+    if constexpr (avx512 && (bits == 2 || bits == 3)) {
+      if (g.groups_per_row == 1 || g.group % narrow_step == 0) return gemv_path_kind::narrow;
     }
     (void)g;
     return gemv_path_kind::generic;
@@ -149,7 +158,7 @@ struct gemv_kernel {
       return false;
     } else {
       const values_t& v = values_t::get();
-      if (p == gemv_path_kind::generic || !v.int_fast) return false;
+      if (p == gemv_path_kind::generic || p == gemv_path_kind::narrow || !v.int_fast) return false;
       if (p == gemv_path_kind::byte && !is_integer_format_v<Fmt>) return false;
       // Groups smaller than a chunk: the lane scales handle 32 and 64 only.
       const std::size_t chunk = p == gemv_path_kind::nibble ? 128 : 64;
@@ -199,10 +208,11 @@ struct gemv_kernel {
       }
     }
     p.x = xv;
-    if (p.path == gemv_path_kind::nibble && !p.integer) {
-      const std::size_t full = n / 32 * 32;
+    if ((p.path == gemv_path_kind::nibble && !p.integer) || p.path == gemv_path_kind::narrow) {
+      const std::size_t chunk = p.path == gemv_path_kind::nibble ? 32 : narrow_step;
+      const std::size_t full = n / chunk * chunk;
       auto* xp = w.template take<float>(full);
-      if (ws) deinterleave_chunks(xv, full, 32, xp);
+      if (ws) deinterleave_phases(xv, full, chunk, chunk / 16, xp);
       p.xp = xp;
     }
     const bool need_sums = Asym || p.integer;
@@ -229,6 +239,9 @@ struct gemv_kernel {
           if (p.integer) return rows_byte_int(m, p, y, r0, r1);
           return rows_byte_float(m, p, y, r0, r1);
         }
+      }
+      if constexpr (bits == 2 || bits == 3) {
+        if (p.path == gemv_path_kind::narrow) return rows_narrow_float(m, p, y, r0, r1);
       }
     }
 #endif
@@ -295,15 +308,15 @@ struct gemv_kernel {
     return t;
   }
 
-  // The float paths (exact mode, and fast mode without integer dots): steps of 32 columns, four
+  // The float paths (exact mode, and fast mode without integer dots): steps of S columns, four
   // accumulators per group, the group scale (times `unit`) applied once per group. step(row, c,
-  // a, b) adds the products of columns [c, c + 32) into a and b.
-  template <class Step>
+  // a, b) adds the products of columns [c, c + S) into a and b.
+  template <std::size_t S = 32, class Step>
   static QUANT_ALWAYS_INLINE void rows_float(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
                                              std::size_t r1, float unit, Step step) noexcept {
     const scale_grid& g = m.grid;
     const float* table = value_table();
-    const std::size_t full = g.cols / 32 * 32;
+    const std::size_t full = g.cols / S * S;
     alignas(64) float s[scale_batch];
     for (std::size_t r = r0; r < r1; ++r) {
       const std::uint8_t* row = m.codes + r * m.row_bytes;
@@ -316,9 +329,9 @@ struct gemv_kernel {
           const std::size_t c0 = g.group_begin(gi), c1 = g.group_end(gi), cf = std::min(c1, full);
           __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
           std::size_t c = c0;
-          for (; c + 64 <= cf; c += 64) {
+          for (; c + 2 * S <= cf; c += 2 * S) {
             step(row, c, a0, a1);
-            step(row, c + 32, a2, a3);
+            step(row, c + S, a2, a3);
           }
           if (c < cf) step(row, c, a0, a1);
           const float sg = s[gi - gb];
@@ -340,6 +353,40 @@ struct gemv_kernel {
       const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2)));
       a = _mm512_fmadd_ps(_mm512_permutexvar_ps(v, tv), _mm512_loadu_ps(xp + c), a);
       b = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tv), _mm512_loadu_ps(xp + c + 16), b);
+    });
+  }
+
+  // Exact (or float fast) 2- and 3-bit codes. Each int32 lane gets the bits of consecutive codes
+  // (2-bit: one byte, 4 codes; 3-bit: three bytes, 8 codes, moved into place by a dword permute
+  // and a byte shuffle); phase k of every lane is lane >> (bits * k), whose low 4 bits index
+  // T16[i] = T[i mod 2^bits], so one vpermps decodes 16 codes. x is deinterleaved per step into
+  // the same phases.
+  static void rows_narrow_float(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
+                                std::size_t r1) noexcept {
+    constexpr int phases = static_cast<int>(narrow_step / 16);
+    const float* table = value_table();
+    alignas(64) float t16[16];
+    for (unsigned i = 0; i < 16; ++i) t16[i] = table[i & ((1u << bits) - 1u)];
+    const __m512 tv = _mm512_load_ps(t16);
+    const float* xp = p.xp;
+    const __m512i dwords = _mm512_setr_epi32(0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 9, 10, 11, 0);
+    const __m512i spread = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1));
+    rows_float<narrow_step>(m, p, y, r0, r1, 1.0f, [&](const std::uint8_t* row, std::size_t c, __m512& a, __m512& b) {
+      __m512i v;
+      if constexpr (bits == 2) {
+        v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 4)));
+      } else {  // 48 bytes (a masked load never touches the bytes past them)
+        v = _mm512_maskz_loadu_epi8(0x0000FFFFFFFFFFFFull, row + c / 8 * 3);
+        v = _mm512_shuffle_epi8(_mm512_permutexvar_epi32(dwords, v), spread);
+      }
+      const float* xc = xp + c;
+      a = _mm512_fmadd_ps(_mm512_permutexvar_ps(v, tv), _mm512_loadu_ps(xc), a);
+      b = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, bits), tv), _mm512_loadu_ps(xc + 16), b);
+      for (int k = 2; k < phases; k += 2) {
+        a = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, bits * k), tv), _mm512_loadu_ps(xc + 16 * k), a);
+        b = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, bits * (k + 1)), tv),
+                            _mm512_loadu_ps(xc + 16 * (k + 1)), b);
+      }
     });
   }
 
