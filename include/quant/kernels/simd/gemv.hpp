@@ -4,21 +4,24 @@
 // format, the scheme, the scale type, the ISA tier and the mode. Inside, a path is picked once
 // per call (never per row or per element) from what the format and the group size allow:
 //
-//   nibble    (AVX-512, 4-bit codes; groups a multiple of 32 or one group per row)
-//             exact: 32 codes -> 16 int32 lanes -> two vpermps from the 16-entry value table
-//             (any 4-bit format: int4, nf4, e2m1, a user's table) -> FMA with deinterleaved x.
-//             fast:  128 codes per 64-byte load, nibbles split with and/shift, mapped to
-//             unsigned bytes (xor 0x88 for signed int4, vpshufb for tables), and multiplied
-//             with int8 activations by vpdpbusd (VNNI) or vpmaddubsw + vpmaddwd.
-//   byte      (AVX-512, 8-bit codes; groups a multiple of 32 or one group per row)
+//   nibble    (AVX2 and AVX-512, 4-bit codes; groups a multiple of 32 or one group per row)
+//             exact: 32 codes -> int32 lanes -> vpermps from the 16-entry value table (AVX2:
+//             two half-table vpermps and a blend on bit 3; any 4-bit format: int4, nf4, e2m1,
+//             a user's table) -> FMA with deinterleaved x.
+//             fast:  128 (AVX2: 64) codes per 64-byte (32-byte) load, nibbles split with
+//             and/shift, mapped to unsigned bytes (xor 0x88 for signed int4, vpshufb for
+//             tables), and multiplied with int8 activations by vpdpbusd (VNNI) or vpmaddubsw +
+//             vpmaddwd.
+//   byte      (AVX2 and AVX-512, 8-bit codes; groups a multiple of 32 or one group per row)
 //             exact: int8 widened and converted; fp8 e5m2/e4m3 rebuilt as fp16 bits and
 //             converted with vcvtph2ps (the e4m3 exponent bias difference, 2^8, is folded into
 //             the group scale); other 8-bit formats gathered from the 256-entry table.
-//             fast:  int8 codes (xor 0x80 when signed) times int8 activations by vpdpbusd.
-//   narrow    (AVX-512, 2- and 3-bit codes; groups a multiple of 64 (2-bit) or 128 (3-bit), or
-//             one group per row), both modes in float: 4 or 8 codes per int32 lane, each phase
-//             decoded by one vpermps from the value table repeated to 16 entries, FMA with x
-//             deinterleaved into the same phases.
+//             fast:  int8 codes times int8 activations: vpdpbusd on unsigned codes (VNNI), or
+//             vpmaddubsw on |w| and x * sign(w).
+//   narrow    (AVX2 and AVX-512, 2- and 3-bit codes; groups a multiple of 64 (2-bit) or 128
+//             (3-bit), or one group per row), both modes in float: 4 or 8 codes per int32
+//             lane, each phase decoded by one vpermps from the value table repeated to the
+//             vector's width, FMA with x deinterleaved into the same phases.
 //   generic   (every tier, format and group size) codes decoded through the value table into a
 //             small buffer, then an xsimd FMA dot product with x.
 //
@@ -129,22 +132,73 @@ QUANT_ALWAYS_INLINE float dot(const float* a, const float* b, std::size_t n) noe
 /// Groups whose scales are decoded together into a stack buffer.
 inline constexpr std::size_t scale_batch = 64;
 
+#if defined(QUANT_ISA_AVX2)
+/// The float-lane operations the row drivers need, for 8 lanes (AVX2)...
+struct lanes256 {
+  using f = __m256;
+  using i = __m256i;
+  static constexpr std::size_t n = 8;
+  static QUANT_ALWAYS_INLINE f zero() noexcept { return _mm256_setzero_ps(); }
+  static QUANT_ALWAYS_INLINE f set1(float v) noexcept { return _mm256_set1_ps(v); }
+  static QUANT_ALWAYS_INLINE f load(const float* p) noexcept { return _mm256_loadu_ps(p); }
+  static QUANT_ALWAYS_INLINE f add(f a, f b) noexcept { return _mm256_add_ps(a, b); }
+  static QUANT_ALWAYS_INLINE f mul(f a, f b) noexcept { return _mm256_mul_ps(a, b); }
+  static QUANT_ALWAYS_INLINE f fmadd(f a, f b, f c) noexcept { return _mm256_fmadd_ps(a, b, c); }
+  static QUANT_ALWAYS_INLINE i index(const std::int32_t* p) noexcept {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  static QUANT_ALWAYS_INLINE f permute(i idx, f v) noexcept { return _mm256_permutevar8x32_ps(v, idx); }
+  static QUANT_ALWAYS_INLINE float sum(f v) noexcept {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+};
+#endif
+#if defined(QUANT_ISA_AVX512)
+/// ... and for 16 lanes (AVX-512).
+struct lanes512 {
+  using f = __m512;
+  using i = __m512i;
+  static constexpr std::size_t n = 16;
+  static QUANT_ALWAYS_INLINE f zero() noexcept { return _mm512_setzero_ps(); }
+  static QUANT_ALWAYS_INLINE f set1(float v) noexcept { return _mm512_set1_ps(v); }
+  static QUANT_ALWAYS_INLINE f load(const float* p) noexcept { return _mm512_loadu_ps(p); }
+  static QUANT_ALWAYS_INLINE f add(f a, f b) noexcept { return _mm512_add_ps(a, b); }
+  static QUANT_ALWAYS_INLINE f mul(f a, f b) noexcept { return _mm512_mul_ps(a, b); }
+  static QUANT_ALWAYS_INLINE f fmadd(f a, f b, f c) noexcept { return _mm512_fmadd_ps(a, b, c); }
+  static QUANT_ALWAYS_INLINE i index(const std::int32_t* p) noexcept { return _mm512_loadu_si512(p); }
+  static QUANT_ALWAYS_INLINE f permute(i idx, f v) noexcept { return _mm512_permutexvar_ps(idx, v); }
+  static QUANT_ALWAYS_INLINE float sum(f v) noexcept { return _mm512_reduce_add_ps(v); }
+};
+template <bool Wide>
+using lanes_t = std::conditional_t<Wide, lanes512, lanes256>;
+#elif defined(QUANT_ISA_AVX2)
+template <bool Wide>
+using lanes_t = lanes256;
+#endif
+
 template <class Fmt, bool Asym, class Scale, class Isa, bool Fast>
 struct gemv_kernel {
   using values_t = code_values<Fmt, Asym>;
   static constexpr unsigned bits = format_traits<Fmt>::bits;
   static constexpr bool avx512 = Isa::id >= isa::avx512;
   static constexpr bool vnni = Isa::id >= isa::avx512_vnni;
+  /// Tiers with the nibble, byte and narrow paths (AVX2 and up); their float lanes per vector.
+  static constexpr bool vector_paths = Isa::id >= isa::avx2;
+  static constexpr std::size_t lanes = avx512 ? 16 : 8;
+  /// Columns per step of the integer paths: 64 or 32 bytes of codes.
+  static constexpr std::size_t nibble_chunk = 8 * lanes, byte_chunk = 4 * lanes;
   /// Columns per step of the narrow (2- and 3-bit) path: 16 int32 lanes of 4 or 8 codes.
   static constexpr std::size_t narrow_step = bits == 3 ? 128 : 64;
 
   /// The path this kernel takes for a grid (the same for every row).
   static gemv_path_kind path_for(const scale_grid& g) noexcept {
-    if constexpr (avx512 && (bits == 4 || bits == 8)) {
+    if constexpr (vector_paths && (bits == 4 || bits == 8)) {
       const bool one_group = g.groups_per_row == 1;
       if (one_group || g.group % 32 == 0) return bits == 4 ? gemv_path_kind::nibble : gemv_path_kind::byte;
     }
-    if constexpr (avx512 && (bits == 2 || bits == 3)) {
+    if constexpr (vector_paths && (bits == 2 || bits == 3)) {
       if (g.groups_per_row == 1 || g.group % narrow_step == 0) return gemv_path_kind::narrow;
     }
     (void)g;
@@ -159,9 +213,9 @@ struct gemv_kernel {
     } else {
       const values_t& v = values_t::get();
       if (p == gemv_path_kind::generic || p == gemv_path_kind::narrow || !v.int_fast) return false;
-      if (p == gemv_path_kind::byte && !is_integer_format_v<Fmt>) return false;
+      if (p == gemv_path_kind::byte) return is_integer_format_v<Fmt>;  // signed-by-sign without VNNI
       // Groups smaller than a chunk: the lane scales handle 32 and 64 only.
-      const std::size_t chunk = p == gemv_path_kind::nibble ? 128 : 64;
+      const std::size_t chunk = nibble_chunk;
       if (g.groups_per_row > 1 && g.group % chunk != 0 && g.group != 32 && g.group != 64) return false;
       if (!vnni) {  // vpmaddubsw saturates 16-bit pair sums: need 2 * max(u) * 127 <= 32767
         unsigned umax = 0;
@@ -193,7 +247,7 @@ struct gemv_kernel {
       xv = xdq;
       if (p.integer) {
         const bool nib = p.path == gemv_path_kind::nibble;
-        const std::size_t chunk = nib ? 128 : 64, lane_cols = chunk / 16;
+        const std::size_t chunk = nib ? nibble_chunk : byte_chunk, lane_cols = chunk / lanes;
         const std::size_t full = n / chunk * chunk;
         auto* sxl = w.template take<float>(full / lane_cols);
         std::int8_t* qp = q;
@@ -226,22 +280,23 @@ struct gemv_kernel {
 
   /// y[r] for r in [r0, r1).
   static void rows(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0, std::size_t r1) noexcept {
-#if defined(QUANT_ISA_AVX512)
-    if constexpr (avx512 && isa_compiled_v<Isa>) {
+#if defined(QUANT_ISA_AVX2)
+    if constexpr (vector_paths && isa_compiled_v<Isa>) {
+      using V = lanes_t<avx512>;
       if constexpr (bits == 4) {
         if (p.path == gemv_path_kind::nibble) {
-          if (p.integer) return rows_nibble_int(m, p, y, r0, r1);
-          return rows_nibble_float(m, p, y, r0, r1);
+          if (p.integer) return rows_nibble_int<V>(m, p, y, r0, r1);
+          return rows_nibble_float<V>(m, p, y, r0, r1);
         }
       }
       if constexpr (bits == 8) {
         if (p.path == gemv_path_kind::byte) {
-          if (p.integer) return rows_byte_int(m, p, y, r0, r1);
-          return rows_byte_float(m, p, y, r0, r1);
+          if (p.integer) return rows_byte_int<V>(m, p, y, r0, r1);
+          return rows_byte_float<V>(m, p, y, r0, r1);
         }
       }
       if constexpr (bits == 2 || bits == 3) {
-        if (p.path == gemv_path_kind::narrow) return rows_narrow_float(m, p, y, r0, r1);
+        if (p.path == gemv_path_kind::narrow) return rows_narrow_float<V>(m, p, y, r0, r1);
       }
     }
 #endif
@@ -297,8 +352,10 @@ struct gemv_kernel {
     }
   }
 
-#if defined(QUANT_ISA_AVX512)
-  // ---- AVX-512 paths -------------------------------------------------------------------------
+#if defined(QUANT_ISA_AVX2)
+  // ---- AVX2 and AVX-512 paths ----------------------------------------------------------------
+  // The row drivers are written once over V (lanes256 or lanes512); each path's step, the part
+  // that decodes codes, is written per width where the instructions differ.
 
   /// Columns [c0, c1) of a group handled by the SIMD loop, the rest by the scalar tail.
   static QUANT_ALWAYS_INLINE float scalar_part(const std::uint8_t* row, std::size_t c0, std::size_t c1,
@@ -311,23 +368,24 @@ struct gemv_kernel {
   // The float paths (exact mode, and fast mode without integer dots): steps of S columns, four
   // accumulators per group, the group scale (times `unit`) applied once per group. step(row, c,
   // a, b) adds the products of columns [c, c + S) into a and b.
-  template <std::size_t S = 32, class Step>
+  template <class V, std::size_t S, class Step>
   static QUANT_ALWAYS_INLINE void rows_float(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
                                              std::size_t r1, float unit, Step step) noexcept {
+    using f = typename V::f;
     const scale_grid& g = m.grid;
     const float* table = value_table();
     const std::size_t full = g.cols / S * S;
     alignas(64) float s[scale_batch];
     for (std::size_t r = r0; r < r1; ++r) {
       const std::uint8_t* row = m.codes + r * m.row_bytes;
-      __m512 tot = _mm512_setzero_ps();
+      f tot = V::zero();
       float tail = 0.0f, corr = 0.0f;
       for (std::size_t gb = 0; gb < g.groups_per_row; gb += scale_batch) {
         const std::size_t ng = std::min(scale_batch, g.groups_per_row - gb);
         row_scales(m, r, gb, ng, s);
         for (std::size_t gi = gb; gi < gb + ng; ++gi) {
           const std::size_t c0 = g.group_begin(gi), c1 = g.group_end(gi), cf = std::min(c1, full);
-          __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+          f a0 = V::zero(), a1 = a0, a2 = a0, a3 = a0;
           std::size_t c = c0;
           for (; c + 2 * S <= cf; c += 2 * S) {
             step(row, c, a0, a1);
@@ -335,94 +393,142 @@ struct gemv_kernel {
           }
           if (c < cf) step(row, c, a0, a1);
           const float sg = s[gi - gb];
-          tot = _mm512_fmadd_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)), _mm512_set1_ps(sg * unit), tot);
+          tot = V::fmadd(V::add(V::add(a0, a1), V::add(a2, a3)), V::set1(sg * unit), tot);
           if (cf < c1) tail += sg * scalar_part(row, std::max(c0, cf), c1, table, p.x);
           if constexpr (Asym) corr += sg * zero_of(m, g.index(r, gi), 0) * p.gsum[gi];
         }
       }
-      y[r] = _mm512_reduce_add_ps(tot) + tail - corr;
+      y[r] = V::sum(tot) + tail - corr;
     }
   }
 
-  // Exact (or float fast) 4-bit: two permutes of the value table per 32 codes, x deinterleaved.
+  // Exact (or float fast) 4-bit: 32 codes per step, x deinterleaved per 32. AVX-512: two vpermps
+  // of the 16-entry value table; AVX2: two vpermps of each table half and a blend on bit 3.
+  template <class V>
   static void rows_nibble_float(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
                                 std::size_t r1) noexcept {
-    const __m512 tv = _mm512_loadu_ps(value_table());
     const float* xp = p.xp;
-    rows_float(m, p, y, r0, r1, 1.0f, [&](const std::uint8_t* row, std::size_t c, __m512& a, __m512& b) {
-      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2)));
-      a = _mm512_fmadd_ps(_mm512_permutexvar_ps(v, tv), _mm512_loadu_ps(xp + c), a);
-      b = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tv), _mm512_loadu_ps(xp + c + 16), b);
-    });
+    const float* table = value_table();
+    if constexpr (V::n == 16) {
+#if defined(QUANT_ISA_AVX512)
+      const __m512 tv = _mm512_loadu_ps(table);
+      rows_float<V, 32>(m, p, y, r0, r1, 1.0f, [&](const std::uint8_t* row, std::size_t c, __m512& a, __m512& b) {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 2)));
+        a = _mm512_fmadd_ps(_mm512_permutexvar_ps(v, tv), _mm512_loadu_ps(xp + c), a);
+        b = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), tv), _mm512_loadu_ps(xp + c + 16), b);
+      });
+#endif
+    } else {
+      const __m256 tlo = _mm256_loadu_ps(table), thi = _mm256_loadu_ps(table + 8);
+      auto look = [&](__m256i i) {  // table[i & 15]
+        return _mm256_blendv_ps(_mm256_permutevar8x32_ps(tlo, i), _mm256_permutevar8x32_ps(thi, i),
+                                _mm256_castsi256_ps(_mm256_slli_epi32(i, 28)));
+      };
+      rows_float<V, 32>(m, p, y, r0, r1, 1.0f, [&](const std::uint8_t* row, std::size_t c, __m256& a, __m256& b) {
+        for (std::size_t h = 0; h < 2; ++h) {
+          const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / 2 + 8 * h)));
+          a = _mm256_fmadd_ps(look(v), _mm256_loadu_ps(xp + c + 8 * h), a);
+          b = _mm256_fmadd_ps(look(_mm256_srli_epi32(v, 4)), _mm256_loadu_ps(xp + c + 16 + 8 * h), b);
+        }
+      });
+    }
   }
 
   // Exact (or float fast) 2- and 3-bit codes. Each int32 lane gets the bits of consecutive codes
   // (2-bit: one byte, 4 codes; 3-bit: three bytes, 8 codes, moved into place by a dword permute
-  // and a byte shuffle); phase k of every lane is lane >> (bits * k), whose low 4 bits index
-  // T16[i] = T[i mod 2^bits], so one vpermps decodes 16 codes. x is deinterleaved per step into
-  // the same phases.
+  // and a byte shuffle); phase k of every lane is lane >> (bits * k), whose low bits index the
+  // value table repeated to the permute's width (T16[i] = T[i mod 2^bits], or T8), so one vpermps
+  // decodes a vector of codes. x is deinterleaved per step into the same phases: 16 lanes per
+  // phase, which AVX2 covers in two halves.
+  template <class V>
   static void rows_narrow_float(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
                                 std::size_t r1) noexcept {
     constexpr int phases = static_cast<int>(narrow_step / 16);
     const float* table = value_table();
-    alignas(64) float t16[16];
-    for (unsigned i = 0; i < 16; ++i) t16[i] = table[i & ((1u << bits) - 1u)];
-    const __m512 tv = _mm512_load_ps(t16);
+    alignas(64) float tr[16];
+    for (unsigned i = 0; i < 16; ++i) tr[i] = table[i & ((1u << bits) - 1u)];
     const float* xp = p.xp;
-    const __m512i dwords = _mm512_setr_epi32(0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 9, 10, 11, 0);
-    const __m512i spread = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1));
-    rows_float<narrow_step>(m, p, y, r0, r1, 1.0f, [&](const std::uint8_t* row, std::size_t c, __m512& a, __m512& b) {
-      __m512i v;
-      if constexpr (bits == 2) {
-        v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 4)));
-      } else {  // 48 bytes (a masked load never touches the bytes past them)
-        v = _mm512_maskz_loadu_epi8(0x0000FFFFFFFFFFFFull, row + c / 8 * 3);
-        v = _mm512_shuffle_epi8(_mm512_permutexvar_epi32(dwords, v), spread);
-      }
-      const float* xc = xp + c;
-      a = _mm512_fmadd_ps(_mm512_permutexvar_ps(v, tv), _mm512_loadu_ps(xc), a);
-      b = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, bits), tv), _mm512_loadu_ps(xc + 16), b);
-      for (int k = 2; k < phases; k += 2) {
-        a = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, bits * k), tv), _mm512_loadu_ps(xc + 16 * k), a);
-        b = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, bits * (k + 1)), tv),
-                            _mm512_loadu_ps(xc + 16 * (k + 1)), b);
-      }
-    });
-  }
-
-  /// u8 x s8 dot products of 64 byte pairs added into the int32 lanes of acc.
-  static QUANT_ALWAYS_INLINE __m512i dot_u8s8(__m512i acc, __m512i u, __m512i s) noexcept {
-#if defined(QUANT_ISA_AVX512_VNNI)
-    if constexpr (vnni) return _mm512_dpbusd_epi32(acc, u, s);
+    if constexpr (V::n == 16) {
+#if defined(QUANT_ISA_AVX512)
+      const __m512 tv = _mm512_load_ps(tr);
+      const __m512i dwords = _mm512_setr_epi32(0, 1, 2, 0, 3, 4, 5, 0, 6, 7, 8, 0, 9, 10, 11, 0);
+      const __m512i spread = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1));
+      rows_float<V, narrow_step>(m, p, y, r0, r1, 1.0f,
+                                 [&](const std::uint8_t* row, std::size_t c, __m512& a, __m512& b) {
+        __m512i v;
+        if constexpr (bits == 2) {
+          v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c / 4)));
+        } else {  // 48 bytes (a masked load never touches the bytes past them)
+          v = _mm512_maskz_loadu_epi8(0x0000FFFFFFFFFFFFull, row + c / 8 * 3);
+          v = _mm512_shuffle_epi8(_mm512_permutexvar_epi32(dwords, v), spread);
+        }
+        const float* xc = xp + c;
+        a = _mm512_fmadd_ps(_mm512_permutexvar_ps(v, tv), _mm512_loadu_ps(xc), a);
+        b = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, bits), tv), _mm512_loadu_ps(xc + 16), b);
+        for (int k = 2; k < phases; k += 2) {
+          a = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, bits * k), tv), _mm512_loadu_ps(xc + 16 * k), a);
+          b = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, bits * (k + 1)), tv),
+                              _mm512_loadu_ps(xc + 16 * (k + 1)), b);
+        }
+      });
 #endif
-    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+    } else {
+      const __m256 tv = _mm256_load_ps(tr);
+      const __m256i dwords = _mm256_setr_epi32(0, 1, 2, 0, 3, 4, 5, 0);
+      const __m256i spread = _mm256_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1,  //
+                                              0, 1, 2, -1, 3, 4, 5, -1, 6, 7, 8, -1, 9, 10, 11, -1);
+      rows_float<V, narrow_step>(m, p, y, r0, r1, 1.0f,
+                                 [&](const std::uint8_t* row, std::size_t c, __m256& a, __m256& b) {
+        for (std::size_t h = 0; h < 2; ++h) {
+          __m256i v;
+          if constexpr (bits == 2) {
+            v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c / 4 + 8 * h)));
+          } else {  // 24 bytes: 16 + 8
+            const std::uint8_t* q = row + c / 8 * 3 + 24 * h;
+            const __m256i raw = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))),
+                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 16)), 1);
+            v = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(raw, dwords), spread);
+          }
+          const float* xc = xp + c + 8 * h;
+          for (int k = 0; k < phases; k += 2) {
+            a = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(tv, _mm256_srli_epi32(v, bits * k)), _mm256_loadu_ps(xc + 16 * k), a);
+            b = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(tv, _mm256_srli_epi32(v, bits * (k + 1))),
+                                _mm256_loadu_ps(xc + 16 * (k + 1)), b);
+          }
+        }
+      });
+    }
   }
 
-  /// The group scales of the 16 lanes of a chunk when groups are smaller than the chunk:
-  /// lane i covers lane_cols columns, so it belongs to group (i * lane_cols) / group of the chunk.
-  static QUANT_ALWAYS_INLINE __m512i lane_group_index(std::size_t lane_cols, std::size_t group) noexcept {
+  /// The group scales of the lanes of a chunk when groups are smaller than the chunk: lane i
+  /// covers lane_cols columns, so it belongs to group (i * lane_cols) / group of the chunk.
+  template <class V>
+  static QUANT_ALWAYS_INLINE typename V::i lane_group_index(std::size_t lane_cols, std::size_t group) noexcept {
     alignas(64) std::int32_t idx[16];
-    for (int i = 0; i < 16; ++i) idx[i] = static_cast<std::int32_t>(static_cast<std::size_t>(i) * lane_cols / group);
-    return _mm512_load_si512(idx);
+    for (std::size_t i = 0; i < 16; ++i) idx[i] = static_cast<std::int32_t>(i * lane_cols / group);
+    return V::index(idx);
   }
 
-  // The integer paths: Chunk columns per step, each step's 16 int32 lanes (Chunk / 16 columns
-  // each, inside one activation block) converted and scaled by lane scale * group scale.
-  template <std::size_t Chunk, class Dot>
+  // The integer paths: Chunk columns per step, the step's int32 lanes (lane_cols columns each,
+  // inside one activation block) converted and scaled by lane scale * group scale. The step's
+  // dot(row, c) is sum d(q) * xq per lane, where d(q) = tail_table[q] and the weight value is
+  // mult * (d(q) - off - z).
+  template <class V, std::size_t Chunk, class Dot>
   static QUANT_ALWAYS_INLINE void rows_int(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
-                                           std::size_t r1, Dot dot) noexcept {
+                                           std::size_t r1, float off, const float* tail_table, Dot dot) noexcept {
+    using f = typename V::f;
     const values_t& v = values_t::get();
     const scale_grid& g = m.grid;
-    constexpr std::size_t lane_cols = Chunk / 16;
+    constexpr std::size_t lane_cols = Chunk / V::n;
     const std::size_t full = g.cols / Chunk * Chunk;
     const bool small_groups = g.groups_per_row > 1 && g.group % Chunk != 0;  // 32 or 64: several per step
     const std::size_t per_group = small_groups || g.groups_per_row == 1 ? 0 : g.group / Chunk;
-    const __m512i lane_idx = lane_group_index(lane_cols, small_groups ? g.group : Chunk);
-    const float off = static_cast<float>(v.offset);
+    const typename V::i lane_idx = lane_group_index<V>(lane_cols, small_groups ? g.group : Chunk);
     alignas(64) float s[scale_batch + 16] = {};
     for (std::size_t r = r0; r < r1; ++r) {
       const std::uint8_t* row = m.codes + r * m.row_bytes;
-      __m512 t0 = _mm512_setzero_ps(), t1 = t0;
+      f t0 = V::zero(), t1 = t0;
       float tail = 0.0f, corr = 0.0f;
       for (std::size_t gb = 0; gb < g.groups_per_row; gb += scale_batch) {
         const std::size_t ng = std::min(scale_batch, g.groups_per_row - gb);
@@ -437,14 +543,13 @@ struct gemv_kernel {
           std::size_t c = c0;
           const float* sk = s;
           for (; c + 2 * Chunk <= cf; c += 2 * Chunk, sk += 2 * step) {
-            const __m512 w0 = _mm512_permutexvar_ps(lane_idx, _mm512_loadu_ps(sk));
-            const __m512 w1 = _mm512_permutexvar_ps(lane_idx, _mm512_loadu_ps(sk + step));
-            t0 = _mm512_fmadd_ps(dot(row, c), _mm512_mul_ps(w0, _mm512_loadu_ps(p.sxl + c / lane_cols)), t0);
-            t1 = _mm512_fmadd_ps(dot(row, c + Chunk), _mm512_mul_ps(w1, _mm512_loadu_ps(p.sxl + c / lane_cols + 16)), t1);
+            const f w0 = V::permute(lane_idx, V::load(sk)), w1 = V::permute(lane_idx, V::load(sk + step));
+            t0 = V::fmadd(dot(row, c), V::mul(w0, V::load(p.sxl + c / lane_cols)), t0);
+            t1 = V::fmadd(dot(row, c + Chunk), V::mul(w1, V::load(p.sxl + c / lane_cols + V::n)), t1);
           }
           if (c < cf) {
-            const __m512 w0 = _mm512_permutexvar_ps(lane_idx, _mm512_loadu_ps(sk));
-            t0 = _mm512_fmadd_ps(dot(row, c), _mm512_mul_ps(w0, _mm512_loadu_ps(p.sxl + c / lane_cols)), t0);
+            const f w0 = V::permute(lane_idx, V::load(sk));
+            t0 = V::fmadd(dot(row, c), V::mul(w0, V::load(p.sxl + c / lane_cols)), t0);
           }
         } else {
           if (per_group == 1) {  // one step per group (g = Chunk): two groups per iteration
@@ -452,127 +557,230 @@ struct gemv_kernel {
             std::size_t k = 0;
             for (; k + 2 <= n; k += 2) {
               const std::size_t c = c0 + k * Chunk;
-              t0 = _mm512_fmadd_ps(dot(row, c), _mm512_mul_ps(_mm512_set1_ps(s[k]), _mm512_loadu_ps(p.sxl + c / lane_cols)), t0);
-              t1 = _mm512_fmadd_ps(dot(row, c + Chunk),
-                                   _mm512_mul_ps(_mm512_set1_ps(s[k + 1]), _mm512_loadu_ps(p.sxl + c / lane_cols + 16)), t1);
+              t0 = V::fmadd(dot(row, c), V::mul(V::set1(s[k]), V::load(p.sxl + c / lane_cols)), t0);
+              t1 = V::fmadd(dot(row, c + Chunk), V::mul(V::set1(s[k + 1]), V::load(p.sxl + c / lane_cols + V::n)), t1);
             }
             if (k < n) {
               const std::size_t c = c0 + k * Chunk;
-              t0 = _mm512_fmadd_ps(dot(row, c), _mm512_mul_ps(_mm512_set1_ps(s[k]), _mm512_loadu_ps(p.sxl + c / lane_cols)), t0);
+              t0 = V::fmadd(dot(row, c), V::mul(V::set1(s[k]), V::load(p.sxl + c / lane_cols)), t0);
             }
           } else {
             for (std::size_t i = 0; i < ng; ++i) {
               const std::size_t ca = c0 + i * g.group, ce = std::min(ca + g.group, cf);
               if (ca >= ce) break;
-              const __m512 sg = _mm512_set1_ps(s[i]);
-              __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+              f a0 = V::zero(), a1 = a0;
               std::size_t c = ca;
               for (; c + 2 * Chunk <= ce; c += 2 * Chunk) {
-                a0 = _mm512_fmadd_ps(dot(row, c), _mm512_loadu_ps(p.sxl + c / lane_cols), a0);
-                a1 = _mm512_fmadd_ps(dot(row, c + Chunk), _mm512_loadu_ps(p.sxl + c / lane_cols + 16), a1);
+                a0 = V::fmadd(dot(row, c), V::load(p.sxl + c / lane_cols), a0);
+                a1 = V::fmadd(dot(row, c + Chunk), V::load(p.sxl + c / lane_cols + V::n), a1);
               }
-              if (c + Chunk <= ce) a0 = _mm512_fmadd_ps(dot(row, c), _mm512_loadu_ps(p.sxl + c / lane_cols), a0);
-              t0 = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), sg, t0);
+              if (c + Chunk <= ce) a0 = V::fmadd(dot(row, c), V::load(p.sxl + c / lane_cols), a0);
+              t0 = V::fmadd(V::add(a0, a1), V::set1(s[i]), t0);
             }
           }
         }
         if (cf < c1)  // the row's last columns, past the last whole step
           for (std::size_t gi = gb; gi < gb + ng; ++gi) {
             const std::size_t a = std::max(g.group_begin(gi), cf), e = g.group_end(gi);
-            if (a < e) tail += s[gi - gb] * scalar_part(row, a, e, v.u8f, p.x);
+            if (a < e) tail += s[gi - gb] * scalar_part(row, a, e, tail_table, p.x);
           }
       }
-      y[r] = v.mult * (_mm512_reduce_add_ps(_mm512_add_ps(t0, t1)) + tail - corr);
+      y[r] = v.mult * (V::sum(V::add(t0, t1)) + tail - corr);
     }
   }
 
-  // Fast 4-bit with integer dot products: 128 codes per 64-byte load.
+  /// Adds sum over each 4-byte group of u * s (u unsigned, s signed) to the int32 lanes of acc:
+  /// vpdpbusd with VNNI, else vpmaddubsw + vpmaddwd (the caller keeps pair sums within int16).
+  static QUANT_ALWAYS_INLINE __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) noexcept {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+  }
+#if defined(QUANT_ISA_AVX512)
+  static QUANT_ALWAYS_INLINE __m512i dot_u8s8(__m512i acc, __m512i u, __m512i s) noexcept {
+#if defined(QUANT_ISA_AVX512_VNNI)
+    if constexpr (vnni) return _mm512_dpbusd_epi32(acc, u, s);
+#endif
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+  }
+#endif
+
+  // Fast 4-bit with integer dot products: 4 * V::n * 2 codes per load (128 or 64), nibbles split
+  // with and/shift (one vpternlogd each for signed int4 on AVX-512), mapped to unsigned bytes
+  // (xor 0x88 for signed int4, vpshufb for tables) and multiplied with the deinterleaved int8
+  // activations.
+  template <class V>
   static void rows_nibble_int(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
                               std::size_t r1) noexcept {
     const values_t& v = values_t::get();
-    const __m512i lowmask = _mm512_set1_epi8(0x0F);
-    const __m512i utab = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v.u8)));
-    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x88));
     constexpr bool sym_int = !Asym && is_integer_format_v<Fmt>;
+    constexpr bool lookup = !Asym && !is_integer_format_v<Fmt>;
     const std::int8_t* xq = p.xq;
-    rows_int<128>(m, p, y, r0, r1, [&](const std::uint8_t* row, std::size_t c) {
-      const __m512i b = _mm512_loadu_si512(row + c / 2);
-      __m512i lo, hi;
-      if constexpr (sym_int) {  // (b ^ 0x88) & 0x0F in one ternary-logic op: 0x28 = (A ^ B) & C
-        lo = _mm512_ternarylogic_epi32(b, flip, lowmask, 0x28);
-        hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(b, 4), flip, lowmask, 0x28);
-      } else {
-        lo = _mm512_and_si512(b, lowmask);
-        hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), lowmask);
-      }
-      if constexpr (!Asym && !is_integer_format_v<Fmt>) {
-        lo = _mm512_shuffle_epi8(utab, lo);
-        hi = _mm512_shuffle_epi8(utab, hi);
-      }
-      __m512i acc = dot_u8s8(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xq + c));
-      acc = dot_u8s8(acc, hi, _mm512_loadu_si512(xq + c + 64));
-      return _mm512_cvtepi32_ps(acc);
-    });
-  }
-
-  // 32 8-bit codes as two vectors of values.
-  static QUANT_ALWAYS_INLINE void byte_values(const std::uint8_t* q, const float* table, __m512& w0, __m512& w1) noexcept {
-    if constexpr (is_integer_format_v<Fmt>) {
-      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-      if constexpr (Asym) {
-        w0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(b)));
-        w1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(b, 1)));
-      } else {
-        w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
-        w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
-      }
-    } else if constexpr (is_e5m2_v<Fmt> || is_e4m3_v<Fmt>) {
-      const __m512i h = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
-      __m512i f;
-      if constexpr (is_e5m2_v<Fmt>) {
-        f = _mm512_slli_epi16(h, 8);  // e5m2 is the high byte of an fp16
-      } else {
-        // sign to bit 15, exponent and mantissa to bits 7..13: an fp16 worth value * 2^-8
-        const __m512i mag = _mm512_and_si512(_mm512_slli_epi16(h, 7), _mm512_set1_epi16(0x3F80));
-        f = _mm512_ternarylogic_epi32(mag, _mm512_slli_epi16(h, 8), _mm512_set1_epi16(static_cast<short>(0x8000)), 0xF8);
-        const __mmask32 nan = _mm512_cmpeq_epi16_mask(_mm512_and_si512(h, _mm512_set1_epi16(0x7F)), _mm512_set1_epi16(0x7F));
-        f = _mm512_mask_mov_epi16(f, nan, _mm512_set1_epi16(0x7E00));
-      }
-      w0 = _mm512_cvtph_ps(_mm512_castsi512_si256(f));
-      w1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(f, 1));
+    const float off = static_cast<float>(v.offset);
+    const __m128i utab = _mm_loadu_si128(reinterpret_cast<const __m128i*>(v.u8));
+    if constexpr (V::n == 16) {
+#if defined(QUANT_ISA_AVX512)
+      const __m512i lowmask = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8(static_cast<char>(0x88));
+      const __m512i ut = _mm512_broadcast_i32x4(utab);
+      rows_int<V, 128>(m, p, y, r0, r1, off, v.u8f, [&](const std::uint8_t* row, std::size_t c) {
+        const __m512i b = _mm512_loadu_si512(row + c / 2);
+        __m512i lo, hi;
+        if constexpr (sym_int) {  // (b ^ 0x88) & 0x0F in one ternary-logic op: 0x28 = (A ^ B) & C
+          lo = _mm512_ternarylogic_epi32(b, flip, lowmask, 0x28);
+          hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(b, 4), flip, lowmask, 0x28);
+        } else {
+          lo = _mm512_and_si512(b, lowmask);
+          hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), lowmask);
+        }
+        if constexpr (lookup) {
+          lo = _mm512_shuffle_epi8(ut, lo);
+          hi = _mm512_shuffle_epi8(ut, hi);
+        }
+        __m512i acc = dot_u8s8(_mm512_setzero_si512(), lo, _mm512_loadu_si512(xq + c));
+        acc = dot_u8s8(acc, hi, _mm512_loadu_si512(xq + c + 64));
+        return _mm512_cvtepi32_ps(acc);
+      });
+#endif
     } else {
-      const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-      w0 = _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(b)), table, 4);
-      w1 = _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(b, 1)), table, 4);
+      const __m256i lowmask = _mm256_set1_epi8(0x0F), flip = _mm256_set1_epi8(static_cast<char>(0x88));
+      const __m256i ut = _mm256_broadcastsi128_si256(utab);
+      rows_int<V, 64>(m, p, y, r0, r1, off, v.u8f, [&](const std::uint8_t* row, std::size_t c) {
+        __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c / 2));
+        if constexpr (sym_int) b = _mm256_xor_si256(b, flip);
+        __m256i lo = _mm256_and_si256(b, lowmask), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), lowmask);
+        if constexpr (lookup) {
+          lo = _mm256_shuffle_epi8(ut, lo);
+          hi = _mm256_shuffle_epi8(ut, hi);
+        }
+        __m256i acc = dot_u8s8(_mm256_setzero_si256(), lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c)));
+        acc = dot_u8s8(acc, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c + 32)));
+        return _mm256_cvtepi32_ps(acc);
+      });
     }
   }
 
-  // Exact (or float fast) 8-bit. e4m3 is rebuilt as value * 2^-8 (values_t::fast equals exact for fp8).
-  static void rows_byte_float(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
-                              std::size_t r1) noexcept {
-    const float* table = value_table();
-    const float* x = p.x;
-    rows_float(m, p, y, r0, r1, is_e4m3_v<Fmt> ? 256.0f : 1.0f,
-               [&](const std::uint8_t* row, std::size_t c, __m512& a, __m512& b) {
-                 __m512 w0, w1;
-                 byte_values(row + c, table, w0, w1);
-                 a = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + c), a);
-                 b = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + c + 16), b);
-               });
+  // V::n 8-bit codes, in pieces of 8 (AVX2) or 16 (AVX-512) values, as float vectors: out[j]
+  // holds codes [j * V::n, (j + 1) * V::n) of q. Integers are widened and converted; fp8
+  // e5m2/e4m3 are rebuilt as fp16 bits and converted (e4m3 as value * 2^-8, its NaN codes
+  // patched); other formats are gathered from the 256-entry table.
+  template <class V>
+  static QUANT_ALWAYS_INLINE void byte_values(const std::uint8_t* q, const float* table, typename V::f* out) noexcept {
+    if constexpr (V::n == 16) {
+#if defined(QUANT_ISA_AVX512)
+      if constexpr (is_integer_format_v<Fmt>) {
+        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+        if constexpr (Asym) {
+          out[0] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(b)));
+          out[1] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(b, 1)));
+        } else {
+          out[0] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
+          out[1] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
+        }
+      } else if constexpr (is_e5m2_v<Fmt> || is_e4m3_v<Fmt>) {
+        const __m512i h = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q)));
+        __m512i f;
+        if constexpr (is_e5m2_v<Fmt>) {
+          f = _mm512_slli_epi16(h, 8);  // e5m2 is the high byte of an fp16
+        } else {
+          // sign to bit 15, exponent and mantissa to bits 7..13: an fp16 worth value * 2^-8
+          const __m512i mag = _mm512_and_si512(_mm512_slli_epi16(h, 7), _mm512_set1_epi16(0x3F80));
+          f = _mm512_ternarylogic_epi32(mag, _mm512_slli_epi16(h, 8), _mm512_set1_epi16(static_cast<short>(0x8000)), 0xF8);
+          const __mmask32 nan = _mm512_cmpeq_epi16_mask(_mm512_and_si512(h, _mm512_set1_epi16(0x7F)), _mm512_set1_epi16(0x7F));
+          f = _mm512_mask_mov_epi16(f, nan, _mm512_set1_epi16(0x7E00));
+        }
+        out[0] = _mm512_cvtph_ps(_mm512_castsi512_si256(f));
+        out[1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(f, 1));
+      } else {
+        const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+        out[0] = _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(b)), table, 4);
+        out[1] = _mm512_i32gather_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(b, 1)), table, 4);
+      }
+#endif
+    } else {
+      if constexpr (is_integer_format_v<Fmt>) {
+        for (int j = 0; j < 2; ++j) {
+          const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * j));
+          out[j] = _mm256_cvtepi32_ps(Asym ? _mm256_cvtepu8_epi32(b) : _mm256_cvtepi8_epi32(b));
+        }
+      } else if constexpr (is_e5m2_v<Fmt> || is_e4m3_v<Fmt>) {
+        const __m256i h = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+        __m256i f;
+        if constexpr (is_e5m2_v<Fmt>) {
+          f = _mm256_slli_epi16(h, 8);
+        } else {
+          const __m256i mag = _mm256_and_si256(_mm256_slli_epi16(h, 7), _mm256_set1_epi16(0x3F80));
+          const __m256i sign = _mm256_and_si256(_mm256_slli_epi16(h, 8), _mm256_set1_epi16(static_cast<short>(0x8000)));
+          f = _mm256_or_si256(mag, sign);
+          const __m256i nan = _mm256_cmpeq_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x7F)), _mm256_set1_epi16(0x7F));
+          f = _mm256_blendv_epi8(f, _mm256_set1_epi16(0x7E00), nan);
+        }
+        out[0] = _mm256_cvtph_ps(_mm256_castsi256_si128(f));
+        out[1] = _mm256_cvtph_ps(_mm256_extracti128_si256(f, 1));
+      } else {
+        for (int j = 0; j < 2; ++j) {
+          const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * j));
+          out[j] = _mm256_i32gather_ps(table, _mm256_cvtepu8_epi32(b), 4);
+        }
+      }
+    }
   }
 
-  // Fast 8-bit integers: 64 codes per step, vpdpbusd against int8 activations.
+  // Exact (or float fast) 8-bit: 2 * V::n codes per step. e4m3 is rebuilt as value * 2^-8
+  // (values_t::fast equals exact for fp8).
+  template <class V>
+  static void rows_byte_float(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
+                              std::size_t r1) noexcept {
+    using f = typename V::f;
+    const float* table = value_table();
+    const float* x = p.x;
+    rows_float<V, 2 * V::n>(m, p, y, r0, r1, is_e4m3_v<Fmt> ? 256.0f : 1.0f,
+                            [&](const std::uint8_t* row, std::size_t c, f& a, f& b) {
+                              f w[2];
+                              byte_values<V>(row + c, table, w);
+                              a = V::fmadd(w[0], V::load(x + c), a);
+                              b = V::fmadd(w[1], V::load(x + c + V::n), b);
+                            });
+  }
+
+  // Fast 8-bit integers: 4 * V::n codes per step against int8 activations. With VNNI, vpdpbusd
+  // on unsigned codes (xor 0x80 when signed); without, the signed value (the code - 128 when
+  // unsigned) by its sign: vpmaddubsw(|w|, x * sign(w)), whose pair sums (<= 2 * 128 * 127)
+  // cannot saturate.
+  template <class V>
   static void rows_byte_int(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
                             std::size_t r1) noexcept {
-    const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+    const values_t& v = values_t::get();
     const std::int8_t* xq = p.xq;
-    rows_int<64>(m, p, y, r0, r1, [&](const std::uint8_t* row, std::size_t c) {
-      __m512i b = _mm512_loadu_si512(row + c);
-      if constexpr (!Asym) b = _mm512_xor_si512(b, flip);
-      return _mm512_cvtepi32_ps(dot_u8s8(_mm512_setzero_si512(), b, _mm512_loadu_si512(xq + c)));
-    });
+    constexpr bool use_vnni = vnni && V::n == 16;
+    // d(q) = u8 (VNNI) or u8 - 128 (the signed value); off follows (kernels/values.hpp).
+    alignas(64) float d[256];
+    for (unsigned j = 0; j < 256; ++j) d[j] = v.u8f[j] - (use_vnni ? 0.0f : 128.0f);
+    const float off = static_cast<float>(v.offset) - (use_vnni ? 0.0f : 128.0f);
+    if constexpr (V::n == 16) {
+#if defined(QUANT_ISA_AVX512)
+      const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+      rows_int<V, 64>(m, p, y, r0, r1, off, d, [&](const std::uint8_t* row, std::size_t c) {
+        __m512i b = _mm512_loadu_si512(row + c);
+        const __m512i x = _mm512_loadu_si512(xq + c);
+        if constexpr (use_vnni) {
+          if constexpr (!Asym) b = _mm512_xor_si512(b, flip);
+          return _mm512_cvtepi32_ps(dot_u8s8(_mm512_setzero_si512(), b, x));
+        } else {
+          if constexpr (Asym) b = _mm512_xor_si512(b, flip);
+          const __m512i sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(b), _mm512_setzero_si512(), x);
+          return _mm512_cvtepi32_ps(dot_u8s8(_mm512_setzero_si512(), _mm512_abs_epi8(b), sx));
+        }
+      });
+#endif
+    } else {
+      const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+      rows_int<V, 32>(m, p, y, r0, r1, off, d, [&](const std::uint8_t* row, std::size_t c) {
+        __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c));
+        if constexpr (Asym) b = _mm256_xor_si256(b, flip);
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + c));
+        return _mm256_cvtepi32_ps(dot_u8s8(_mm256_setzero_si256(), _mm256_abs_epi8(b), _mm256_sign_epi8(x, b)));
+      });
+    }
   }
-#endif  // QUANT_ISA_AVX512
+#endif  // QUANT_ISA_AVX2
 };
 
 }  // namespace detail
