@@ -3,8 +3,8 @@
 // Each function validates every argument first (shapes, buffer sizes, non-finite weights,
 // options) and throws quant::error naming the argument and the values, so nothing is written
 // to the caller's output when the input is rejected. Then it runs the kernel chosen at compile
-// time from the format and granularity; today that is the scalar reference
-// (kernels/reference/), which stays the oracle when SIMD kernels take over.
+// time from the format, granularity and ISA tier (kernels/simd/: quantize bit-identical to
+// the scalar reference in kernels/reference/, which stays the oracle the tests compare with).
 //
 //   auto t = quant::quantize<quant::int4, quant::per_group<128>>({w.data(), rows, cols});
 //   quant::gemv(t, x, y);                // exact: fp32 activations
@@ -34,6 +34,7 @@
 #include "isa.hpp"
 #include "simd/dequantize.hpp"
 #include "simd/gemv.hpp"
+#include "simd/quantize.hpp"
 #include "threading.hpp"
 #include "dispatch/abi.hpp"
 
@@ -154,8 +155,8 @@ void quantize(matrix_view<const float> w, tensor_view<F, Gran> out, const quanti
   detail::check_tensor(out, who, "out");
   detail::check_same_shape(w.rows(), w.cols(), out.rows(), out.cols(), who, "w", "out");
   detail::check_options(options, who);
-  detail::check_finite(w, who);
-  reference::quantize(w, out, options);
+  if (!detail::all_finite<default_isa>(w)) detail::check_finite(w, who);  // names the first bad weight
+  detail::quantize_kernel<F, Gran::is_asymmetric, typename Gran::scale_type, default_isa>::run(w, out, options);
 }
 
 /// Round-to-nearest quantization of w into an owning tensor whose granularity is gran.

@@ -17,11 +17,19 @@
 //                     try the four exponents around the OCP one. It costs clip_grid extra
 //                     quantize passes and lowers the RMS error by 2-9% at 4 bits, ~22% for int3
 //                     and 15-18% for int2; int8 gains nothing (doc/design.md has the table).
+//                     The squared error of a block is defined bit for bit, so that every kernel
+//                     picks the same candidate: each weight's error is rounded to float,
+//                     d = float(double(w) - double(w')), and d*d (exact in double) is added to
+//                     lane (column offset within the block) % 16 of 16 double partial sums, row
+//                     after row; the lanes are then added pairwise (lane j += lane j+8, +4, +2,
+//                     +1). Exact squares make the sum immune to FMA contraction, and the fixed
+//                     lanes let SIMD kernels keep the order (add_sq_errors, sum_error_lanes).
 // The element rules: symmetric code = encode(w / s), w' = s * decode(code);
 // asymmetric code = clamp(rne(w / s) + z, 0, 2^bits - 1), w' = s * (code - z).
 // A zero scale (an all-zero block) gives the code of 0 and dequantizes to 0.
 #pragma once
 
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -63,8 +71,12 @@ inline void check_options(const quantize_options& o, const char* who) {
     fail(who, ": options.clip_max_shrink = ", o.clip_max_shrink, " is outside [0, 1)");
 }
 
-/// floor(log2 x) for a positive finite x.
+/// floor(log2 x) for a positive finite x (read from the bits; what std::frexp gives otherwise).
 inline int floor_log2(float x) noexcept {
+  const auto b = std::bit_cast<std::uint32_t>(x);
+  const auto field = static_cast<int>((b >> 23) & 0xFFu);
+  if (field != 0 && field != 0xFF) return field - 127;  // normal
+  if (field == 0 && (b & 0x7FFFFFu) != 0) return 31 - std::countl_zero(b & 0x7FFFFFu) - 149;  // m * 2^-149
   int e = 0;
   std::frexp(x, &e);
   return e - 1;
@@ -92,16 +104,43 @@ QUANT_ALWAYS_INLINE float dequantize_value(std::uint8_t code, float s, std::uint
     return s * format_traits<F>::decode(code);
 }
 
+/// The partial sums of a block's squared error (see the top of this header).
+inline constexpr std::size_t error_lanes = 16;
+
+/// Adds the squared errors of n weights w[i], dequantized to wq[i], to lanes[i % 16]; w[0] must
+/// sit at a column offset of the block that is a multiple of 16. The one definition of the
+/// per-weight error: the reference and the SIMD kernels both call it.
+QUANT_ALWAYS_INLINE void add_sq_errors(const float* w, const float* wq, std::size_t n, double* lanes) noexcept {
+  auto sq = [](float a, float b) {
+    const auto d = static_cast<float>(static_cast<double>(a) - static_cast<double>(b));
+    return static_cast<double>(d) * static_cast<double>(d);  // exact: 24 x 24 bits
+  };
+  std::size_t i = 0;
+  for (; i + error_lanes <= n; i += error_lanes)
+    for (std::size_t j = 0; j < error_lanes; ++j) lanes[j] += sq(w[i + j], wq[i + j]);
+  for (std::size_t j = 0; i + j < n; ++j) lanes[j] += sq(w[i + j], wq[i + j]);
+}
+
+/// The error of a block from its lanes: lane j += lane j + h for h = 8, 4, 2, 1.
+inline double sum_error_lanes(double* lanes) noexcept {
+  for (std::size_t h = error_lanes / 2; h >= 1; h /= 2)
+    for (std::size_t j = 0; j < h; ++j) lanes[j] += lanes[j + h];
+  return lanes[0];
+}
+
 template <class F, bool Asym, class Scale>
 double block_sq_error(matrix_view<const float> b, const block_params<Scale>& p) noexcept {
-  double e = 0.0;
+  double lanes[error_lanes] = {};
+  constexpr std::size_t chunk = 4 * error_lanes;
+  float wq[chunk];
   for (std::size_t r = 0; r < b.rows(); ++r)
-    for (std::size_t c = 0; c < b.cols(); ++c) {
-      const float w = b(r, c);
-      const double d = static_cast<double>(w) - dequantize_value<F, Asym>(quantize_value<F, Asym>(w, p.scale, p.zero), p.scale, p.zero);
-      e += d * d;
+    for (std::size_t c0 = 0; c0 < b.cols(); c0 += chunk) {
+      const std::size_t n = b.cols() - c0 < chunk ? b.cols() - c0 : chunk;
+      for (std::size_t i = 0; i < n; ++i)
+        wq[i] = dequantize_value<F, Asym>(quantize_value<F, Asym>(b(r, c0 + i), p.scale, p.zero), p.scale, p.zero);
+      add_sq_errors(&b(r, c0), wq, n, lanes);
     }
-  return e;
+  return sum_error_lanes(lanes);
 }
 
 /// Parameters for a block with extremes [lo, hi] (already shrunk by the search).
@@ -153,6 +192,34 @@ block_params<Scale> mx_params(float amax, int exponent_offset) noexcept {
   return p;
 }
 
+/// The scale search of fit_block for a block whose extremes are [lo, hi] (their signs of zero
+/// do not matter); err(p) is the block's squared error under the parameters p (block_sq_error).
+template <class F, bool Asym, class Scale, class Err>
+block_params<Scale> choose_params(float lo, float hi, const quantize_options& o, Err&& err) noexcept {
+  constexpr bool mx = !Asym && scale_traits<Scale>::power_of_two;
+  const float amax = hi > -lo ? hi : -lo;
+  auto candidate = [&](unsigned k) {
+    if constexpr (mx) {
+      return mx_params<F, Scale>(amax, o.search == scale_search::mse ? 1 - static_cast<int>(k) : 0);
+    } else {
+      // k = 0 is the full range (also when clip_grid is 0, which the minmax search allows).
+      const float p =
+          k == 0 ? 1.0f : 1.0f - static_cast<float>(k) * o.clip_max_shrink / static_cast<float>(o.clip_grid);
+      return params_for_range<F, Asym, Scale>(lo * p, hi * p);
+    }
+  };
+  if (o.search == scale_search::minmax) return candidate(0);
+  const unsigned n = mx ? 4u : o.clip_grid;
+  block_params<Scale> best = candidate(0);
+  double best_err = err(best);
+  for (unsigned k = 1; k < n; ++k) {
+    const block_params<Scale> p = candidate(k);
+    const double e = err(p);
+    if (e < best_err) best_err = e, best = p;
+  }
+  return best;
+}
+
 }  // namespace detail
 
 /// Chooses the scale (and zero point) of one block of weights, as described at the top of this
@@ -166,26 +233,8 @@ block_params<Scale> fit_block(matrix_view<const float> b, const quantize_options
       lo = w < lo ? w : lo;
       hi = w > hi ? w : hi;
     }
-  constexpr bool mx = !Asym && scale_traits<Scale>::power_of_two;
-  const float amax = hi > -lo ? hi : -lo;
-  auto candidate = [&](unsigned k) {
-    if constexpr (mx) {
-      return detail::mx_params<F, Scale>(amax, o.search == scale_search::mse ? 1 - static_cast<int>(k) : 0);
-    } else {
-      const float p = 1.0f - static_cast<float>(k) * o.clip_max_shrink / static_cast<float>(o.clip_grid);
-      return detail::params_for_range<F, Asym, Scale>(lo * p, hi * p);
-    }
-  };
-  if (o.search == scale_search::minmax) return candidate(0);
-  const unsigned n = mx ? 4u : o.clip_grid;
-  block_params<Scale> best = candidate(0);
-  double best_err = detail::block_sq_error<F, Asym>(b, best);
-  for (unsigned k = 1; k < n; ++k) {
-    const block_params<Scale> p = candidate(k);
-    const double e = detail::block_sq_error<F, Asym>(b, p);
-    if (e < best_err) best_err = e, best = p;
-  }
-  return best;
+  return detail::choose_params<F, Asym, Scale>(
+      lo, hi, o, [&](const block_params<Scale>& p) { return detail::block_sq_error<F, Asym>(b, p); });
 }
 
 QUANT_NAMESPACE_END
