@@ -17,52 +17,18 @@
 #include <vector>
 
 #include "test_support.hpp"
+#include "user_formats.hpp"
 
-namespace user {
-struct nf3 {};
-inline constexpr std::array<float, 8> nf3_table{-1.0f, -0.5350f, -0.2469f, 0.0f, 0.1833f, 0.3819f, 0.6229f, 1.0f};
+namespace user {  // besides nf3, sm3, int6 and e3m2 of user_formats.hpp
 struct lut2 {};  // 2-bit table with an exact tie structure
 inline constexpr std::array<float, 4> lut2_table{-1.5f, -0.5f, 0.25f, 2.0f};
-struct sm3 {};   // 3-bit sign + magnitude, written by hand: the scalar path
-struct int6 {};
-struct e3m2 {};
 struct e2m2 {};  // a 5-bit minifloat with Inf/NaN codes
 }  // namespace user
 
 template <>
-struct quant::format_traits<user::nf3> : quant::lut_traits<user::nf3_table> {
-  static constexpr std::string_view name = "nf3";
-  static constexpr std::uint32_t id = 0x80000001;
-  static constexpr std::uint32_t layout_version = 1;
-};
-template <>
 struct quant::format_traits<user::lut2> : quant::lut_traits<user::lut2_table> {
   static constexpr std::string_view name = "lut2";
   static constexpr std::uint32_t id = 0x80000005;
-  static constexpr std::uint32_t layout_version = 1;
-};
-template <>
-struct quant::format_traits<user::sm3> {
-  static constexpr std::string_view name = "sm3";
-  static constexpr unsigned bits = 3;
-  static constexpr std::uint32_t id = 0x80000002;
-  static constexpr std::uint32_t layout_version = 1;
-  static std::uint8_t encode(float v) {
-    const float m = std::fmin(3.0f, std::nearbyint(std::fabs(v)));
-    return static_cast<std::uint8_t>((v < 0 ? 4 : 0) | static_cast<int>(m));
-  }
-  static float decode(std::uint8_t c) { return (c & 4 ? -1.0f : 1.0f) * static_cast<float>(c & 3); }
-};
-template <>
-struct quant::format_traits<user::int6> : quant::integer_traits<6> {
-  static constexpr std::string_view name = "int6";
-  static constexpr std::uint32_t id = 0x80000003;
-  static constexpr std::uint32_t layout_version = 1;
-};
-template <>
-struct quant::format_traits<user::e3m2> : quant::minifloat_traits<3, 2, quant::nonfinite::none> {
-  static constexpr std::string_view name = "e3m2";
-  static constexpr std::uint32_t id = 0x80000004;
   static constexpr std::uint32_t layout_version = 1;
 };
 template <>
