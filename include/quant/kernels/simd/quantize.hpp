@@ -174,6 +174,21 @@ inline constexpr bool is_avx2_arch_v = std::is_base_of_v<xsimd::avx2, A>;
 template <class A>
 inline constexpr bool is_sse2_arch_v = std::is_base_of_v<xsimd::sse2, A> && !std::is_base_of_v<xsimd::avx, A>;
 
+/// xsimd::select on int32 lanes. xsimd 8.1's AVX-512BW integer select names the 8- and 16-bit
+/// blends in dead switch cases; without optimization GCC defines those intrinsics as macros that
+/// cast their arguments, and the int32 instantiation no longer compiles. The 32-bit blend is
+/// what that select ends in anyway.
+template <class A>
+QUANT_ALWAYS_INLINE xsimd::batch<std::int32_t, A> iselect(const xsimd::batch_bool<std::int32_t, A>& cond,
+                                                          const xsimd::batch<std::int32_t, A>& a,
+                                                          const xsimd::batch<std::int32_t, A>& b) noexcept {
+#if defined(QUANT_ISA_AVX512)
+  if constexpr (is_avx512_arch_v<A>) return _mm512_mask_blend_epi32(cond, b, a);
+  else
+#endif
+    return xsimd::select(cond, a, b);
+}
+
 /// The smallest (largest) lane of v; a zero may come back with either sign.
 template <bool Max, class A>
 QUANT_ALWAYS_INLINE float reduce_extreme(const xsimd::batch<float, A>& v) noexcept {
@@ -627,36 +642,36 @@ struct quantize_kernel {
       const ibatch q = xsimd::batch_cast<std::int32_t>(xsimd::nearbyint(m));
       const ibatch norm = ((e + ibatch(T::bias)) << static_cast<std::int32_t>(M)) + q;
       const ibatch maxc(static_cast<std::int32_t>(T::max_code));
-      ibatch code = xsimd::select(ax < ibatch(std::bit_cast<std::int32_t>(T::min_normal)), sub, norm);
+      ibatch code = iselect(ax < ibatch(std::bit_cast<std::int32_t>(T::min_normal)), sub, norm);
       code = xsimd::min(code, maxc);
-      code = xsimd::select(ax >= ibatch(std::bit_cast<std::int32_t>(T::max_value)), maxc, code) | sign;
+      code = iselect(ax >= ibatch(std::bit_cast<std::int32_t>(T::max_value)), maxc, code) | sign;
       const ibatch nan_code(static_cast<std::int32_t>(T::encode(std::numeric_limits<float>::quiet_NaN())));
       const ibatch neg_nan_code(static_cast<std::int32_t>(T::encode(-std::numeric_limits<float>::quiet_NaN())));
-      const ibatch nan = xsimd::select(sign == ibatch(0), nan_code, neg_nan_code);
-      return xsimd::select(ax > ibatch(inf_bits), nan, code);
+      const ibatch nan = iselect(sign == ibatch(0), nan_code, neg_nan_code);
+      return iselect(ax > ibatch(inf_bits), nan, code);
     }
 
     // lut_traits::encode through the threshold keys
     QUANT_ALWAYS_INLINE ibatch table_code(fbatch v) const noexcept {
       constexpr std::size_t thresholds = (std::size_t{1} << bits) - 1;
       const ibatch x = xsimd::bitwise_cast<ibatch>(v);
-      const ibatch key = x ^ xsimd::select(x < ibatch(0), ibatch(0x7FFFFFFF), ibatch(0));
+      const ibatch key = x ^ iselect(x < ibatch(0), ibatch(0x7FFFFFFF), ibatch(0));
       ibatch c(0);
 #if defined(QUANT_ISA_AVX512)
       if constexpr (is_avx512_arch_v<arch>) {  // bisection over the sorted thresholds with vpermd
         const __m512i kv = _mm512_loadu_si512(keys);  // the 16-entry array ends in INT32_MAX
         for (std::int32_t step = (thresholds + 1) / 2; step >= 1; step /= 2) {
           const ibatch t(_mm512_permutexvar_epi32(c + ibatch(step - 1), kv));
-          c = xsimd::select(key >= t, c + ibatch(step), c);
+          c = iselect(key >= t, c + ibatch(step), c);
         }
       } else
 #endif
       {
         const ibatch one(1);
-        for (std::size_t j = 0; j < thresholds; ++j) c = xsimd::select(key >= ibatch(keys[j]), c + one, c);
+        for (std::size_t j = 0; j < thresholds; ++j) c = iselect(key >= ibatch(keys[j]), c + one, c);
       }
       const ibatch ax = x & ibatch(0x7FFFFFFF);
-      return xsimd::select(ax > ibatch(static_cast<std::int32_t>(0x7F800000)), ibatch(nan_code), c);
+      return iselect(ax > ibatch(static_cast<std::int32_t>(0x7F800000)), ibatch(nan_code), c);
     }
   };
 
