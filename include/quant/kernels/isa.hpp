@@ -83,6 +83,13 @@ using default_isa = isa_sse4_2;
 using default_isa = isa_generic;
 #endif
 
+// AVX-512 BF16 (vdpbf16ps) is not a tier of its own: the fp8 e4m3 fast GEMV uses it when the
+// translation unit's flags enable it (-march=native on Zen 4, Sapphire Rapids...), in the kernels
+// of the translation unit's own tier.
+#if defined(QUANT_ISA_AVX512) && defined(__AVX512BF16__)
+#define QUANT_ISA_AVX512_BF16 1
+#endif
+
 /// True when the tag's code can be compiled in this translation unit.
 template <class Isa>
 inline constexpr bool isa_compiled_v = static_cast<unsigned>(Isa::id) <= static_cast<unsigned>(default_isa::id);

@@ -12,7 +12,11 @@
 //   - other formats with at most 16 codes (nf4, custom tables): the value rounded to the int8
 //     grid of the format's largest magnitude m, v8 = rne(127 * value / m), multiplier m / 127.
 //     For nf4 this moves a value by at most 1/254 of the group's scale; the README measures it;
-//   - everything else (fp8, wide custom formats): the exact value in float; the kernel then
+//   - fp8 e4m3: the exact value, except that its subnormal codes (|value| < 2^-6, below 1/28672
+//     of the largest) count as zero. With AVX-512 BF16 the kernel multiplies the codes, rebuilt
+//     as bf16, by the int8 activations (exact in bf16) with vdpbf16ps, which flushes subnormal
+//     inputs; every other path flushes them the same way, so the definition holds everywhere;
+//   - everything else (e5m2, wide custom formats): the exact value in float; the kernel then
 //     multiplies by the dequantized int8 activations in float.
 // The scalar reference (reference/gemv.hpp) and every SIMD kernel use these same values, so the
 // fast mode is one definition, tested kernel against reference.
@@ -20,12 +24,19 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "../config.hpp"
 #include "../formats/format_traits.hpp"
+#include "../formats/minifloat.hpp"
 
 QUANT_NAMESPACE_BEGIN
 namespace detail {
+
+template <class Fmt>
+inline constexpr bool is_e4m3_v = std::is_base_of_v<minifloat_traits<4, 3, nonfinite::nan_only>, format_traits<Fmt>>;
+template <class Fmt>
+inline constexpr bool is_e5m2_v = std::is_base_of_v<minifloat_traits<5, 2, nonfinite::ieee>, format_traits<Fmt>>;
 
 template <class Fmt, bool Asym>
 struct code_values {
@@ -58,6 +69,11 @@ struct code_values {
       else m = std::fabs(exact[j]) > m ? std::fabs(exact[j]) : m;
     }
     for (unsigned j = 0; j < count; ++j) fast[j] = exact[j];
+    if constexpr (is_e4m3_v<Fmt> && !Asym) {  // subnormal codes (exponent field 0) count as zero
+      for (unsigned j = 0; j < count; ++j)
+        if ((j & 0x78u) == 0) fast[j] = 0.0f;
+      exact_fast = false;
+    }
     if constexpr (Asym) {  // unsigned integer codes
       int_fast = true;
       for (unsigned j = 0; j < count; ++j) u8[j] = static_cast<std::uint8_t>(j), u8f[j] = static_cast<float>(j);

@@ -17,7 +17,8 @@
 //             converted with vcvtph2ps (the e4m3 exponent bias difference, 2^8, is folded into
 //             the group scale); other 8-bit formats gathered from the 256-entry table.
 //             fast:  int8 codes times int8 activations: vpdpbusd on unsigned codes (VNNI), or
-//             vpmaddubsw on |w| and x * sign(w).
+//             vpmaddubsw on |w| and x * sign(w); fp8 e4m3 with AVX-512 BF16: the codes rebuilt
+//             as bf16 by a shift and a mask, times the int8 activations as bf16, by vdpbf16ps.
 //   narrow    (AVX2 and AVX-512, 2- and 3-bit codes; groups a multiple of 64 (2-bit) or 128
 //             (3-bit), or one group per row), both modes in float: 4 or 8 codes per int32
 //             lane, each phase decoded by one vpermps from the value table repeated to the
@@ -33,6 +34,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -74,6 +76,7 @@ struct gemv_prepared {
   const float* xp = nullptr;        ///< nibble exact path: x deinterleaved per 32 columns
   const std::int8_t* xq = nullptr;  ///< fast integer paths: int8 activations (nibble: deinterleaved per 128)
   const float* sxl = nullptr;       ///< fast integer paths: the block scale of each int32 lane
+  const std::uint16_t* xb = nullptr;  ///< fp8 e4m3 fast path with BF16: xq * 2^120 as bf16
   const float* gsum = nullptr;      ///< per group: the sum of x (exact) or xdq (fast)
   gemv_path_kind path = gemv_path_kind::generic;
   bool integer = false;             ///< the fast mode's integer-dot variant of the path
@@ -83,11 +86,6 @@ template <class Scale>
 QUANT_ALWAYS_INLINE float load_scale(const void* scales, std::size_t k) noexcept {
   return scale_traits<Scale>::decode(static_cast<const Scale*>(scales)[k]);
 }
-
-template <class Fmt>
-inline constexpr bool is_e4m3_v = std::is_base_of_v<minifloat_traits<4, 3, nonfinite::nan_only>, format_traits<Fmt>>;
-template <class Fmt>
-inline constexpr bool is_e5m2_v = std::is_base_of_v<minifloat_traits<5, 2, nonfinite::ieee>, format_traits<Fmt>>;
 
 /// Decodes codes [c0, c1) of a row through a value table into out[0, c1 - c0).
 template <unsigned Bits>
@@ -191,6 +189,13 @@ struct gemv_kernel {
   static constexpr std::size_t nibble_chunk = 8 * lanes, byte_chunk = 4 * lanes;
   /// Columns per step of the narrow (2- and 3-bit) path: 16 int32 lanes of 4 or 8 codes.
   static constexpr std::size_t narrow_step = bits == 3 ? 128 : 64;
+  /// fp8 e4m3 fast mode as bf16 dot products (vdpbf16ps), when this translation unit's tier is
+  /// Isa and its flags enable AVX-512 BF16.
+#if defined(QUANT_ISA_AVX512_BF16)
+  static constexpr bool bf16_fp8 = is_e4m3_v<Fmt> && !Asym && Isa::id == default_isa::id;
+#else
+  static constexpr bool bf16_fp8 = false;
+#endif
 
   /// The path this kernel takes for a grid (the same for every row).
   static gemv_path_kind path_for(const scale_grid& g) noexcept {
@@ -212,6 +217,7 @@ struct gemv_kernel {
       return false;
     } else {
       const values_t& v = values_t::get();
+      if (p == gemv_path_kind::byte && bf16_fp8) return true;
       if (p == gemv_path_kind::generic || p == gemv_path_kind::narrow || !v.int_fast) return false;
       if (p == gemv_path_kind::byte) return is_integer_format_v<Fmt>;  // signed-by-sign without VNNI
       // Groups smaller than a chunk: the lane scales handle 32 and 64 only.
@@ -254,6 +260,13 @@ struct gemv_kernel {
         if (nib) {
           qp = w.template take<std::int8_t>(full);
           if (ws) deinterleave_chunks(q, full, chunk, qp);
+        }
+        if constexpr (bf16_fp8) {  // q * 2^120, exact in bf16: the codes enter as value * 2^-120
+          auto* xb = w.template take<std::uint16_t>(full);
+          if (ws)
+            for (std::size_t c = 0; c < full; ++c)
+              xb[c] = static_cast<std::uint16_t>(std::bit_cast<std::uint32_t>(static_cast<float>(q[c]) * 0x1p120f) >> 16);
+          p.xb = xb;
         }
         if (ws)
           for (std::size_t l = 0; l < full / lane_cols; ++l) sxl[l] = sx[l * lane_cols / fast_block_size];
@@ -685,6 +698,8 @@ struct gemv_kernel {
           f = _mm512_ternarylogic_epi32(mag, _mm512_slli_epi16(h, 8), _mm512_set1_epi16(static_cast<short>(0x8000)), 0xF8);
           const __mmask32 nan = _mm512_cmpeq_epi16_mask(_mm512_and_si512(h, _mm512_set1_epi16(0x7F)), _mm512_set1_epi16(0x7F));
           f = _mm512_mask_mov_epi16(f, nan, _mm512_set1_epi16(0x7E00));
+          if constexpr (Fast)  // the fast mode's subnormal codes are zero (kernels/values.hpp)
+            f = _mm512_maskz_mov_epi16(_mm512_test_epi16_mask(h, _mm512_set1_epi16(0x78)), f);
         }
         out[0] = _mm512_cvtph_ps(_mm512_castsi512_si256(f));
         out[1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(f, 1));
@@ -711,6 +726,8 @@ struct gemv_kernel {
           f = _mm256_or_si256(mag, sign);
           const __m256i nan = _mm256_cmpeq_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x7F)), _mm256_set1_epi16(0x7F));
           f = _mm256_blendv_epi8(f, _mm256_set1_epi16(0x7E00), nan);
+          if constexpr (Fast)
+            f = _mm256_andnot_si256(_mm256_cmpeq_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x78)), _mm256_setzero_si256()), f);
         }
         out[0] = _mm256_cvtph_ps(_mm256_castsi256_si128(f));
         out[1] = _mm256_cvtph_ps(_mm256_extracti128_si256(f, 1));
@@ -754,7 +771,11 @@ struct gemv_kernel {
     alignas(64) float d[256];
     for (unsigned j = 0; j < 256; ++j) d[j] = v.u8f[j] - (use_vnni ? 0.0f : 128.0f);
     const float off = static_cast<float>(v.offset) - (use_vnni ? 0.0f : 128.0f);
-    if constexpr (V::n == 16) {
+    if constexpr (V::n == 16 && bf16_fp8) {
+#if defined(QUANT_ISA_AVX512_BF16)
+      rows_fp8_bf16(m, p, y, r0, r1);
+#endif
+    } else if constexpr (V::n == 16) {
 #if defined(QUANT_ISA_AVX512)
       const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
       rows_int<V, 64>(m, p, y, r0, r1, off, d, [&](const std::uint8_t* row, std::size_t c) {
@@ -780,6 +801,34 @@ struct gemv_kernel {
       });
     }
   }
+
+#if defined(QUANT_ISA_AVX512_BF16)
+  // Fast fp8 e4m3 with AVX-512 BF16: 64 codes per step. A code c, sign-extended to 16 bits and
+  // shifted left by 4, masked to sign | exponent | mantissa, is the bf16 of value * 2^-120
+  // (subnormal codes become bf16 subnormals, which vdpbf16ps reads as zero: the fast-mode value,
+  // kernels/values.hpp); the NaN codes are patched to a bf16 NaN. vdpbf16ps multiplies pairs by
+  // the activations xq * 2^120 (exact in bf16) and sums each 32 columns, one activation block,
+  // in float; the two blocks of a step are folded into lanes 0-7 and 8-15 for rows_int.
+  static void rows_fp8_bf16(const gemv_problem& m, const gemv_prepared& p, float* y, std::size_t r0,
+                            std::size_t r1) noexcept {
+    using V = lanes512;
+    const values_t& v = values_t::get();
+    const std::uint16_t* xb = p.xb;
+    const __m512i field = _mm512_set1_epi16(static_cast<short>(0x87F0)), nan_bits = _mm512_set1_epi16(0x07F0);
+    const __m512i qnan = _mm512_set1_epi16(0x7FC0);
+    auto block = [&](const std::uint8_t* q, const std::uint16_t* x) {
+      const __m512i h = _mm512_slli_epi16(_mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q))), 4);
+      const __mmask32 nan = _mm512_cmpeq_epi16_mask(_mm512_and_si512(h, nan_bits), nan_bits);
+      const __m512i w = _mm512_mask_mov_epi16(_mm512_and_si512(h, field), nan, qnan);
+      return _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)w, (__m512bh)_mm512_loadu_si512(x));
+    };
+    rows_int<V, 64>(m, p, y, r0, r1, 0.0f, v.fast, [&](const std::uint8_t* row, std::size_t c) {
+      const __m512 a = block(row + c, xb + c), b = block(row + c + 32, xb + c + 32);
+      return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                           _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    });
+  }
+#endif
 #endif  // QUANT_ISA_AVX2
 };
 
