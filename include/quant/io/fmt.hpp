@@ -32,9 +32,9 @@ struct fmt::formatter<quant::tensor_view<F, Gran>> {
     const double bytes = static_cast<double>(t.bytes());
     const char* unit = bytes >= 1e9 ? "GB" : bytes >= 1e6 ? "MB" : bytes >= 1e3 ? "kB" : "B";
     const double div = bytes >= 1e9 ? 1e9 : bytes >= 1e6 ? 1e6 : bytes >= 1e3 ? 1e3 : 1.0;
-    return fmt::format_to(ctx.out(), "{} {} [{} x {}] {:.3g} {}, {:.3f} bits/weight",
+    return fmt::format_to(ctx.out(), "{} {} [{} x {}{}] {:.3g} {}, {:.3f} bits/weight",
                           quant::format_traits<std::remove_const_t<F>>::name, t.granularity(), t.rows(), t.cols(),
-                          bytes / div, unit, t.bits_per_weight());
+                          t.permuted() ? ", permuted columns" : "", bytes / div, unit, t.bits_per_weight());
   }
 };
 

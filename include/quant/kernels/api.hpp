@@ -114,6 +114,42 @@ bool try_dispatch(const tensor_view<F, Gran>& t, bool gemv_call, bool fast_mode,
   }
 }
 
+/// dequantize for a tensor with a permuted column order: stored column j goes to out column
+/// input_columns()[j], with the same values as the natural-order kernels.
+template <class F, class Gran>
+void dequantize_permuted(const tensor_view<F, Gran>& t, matrix_view<float> out, std::size_t r0, std::size_t r1) {
+  using Fmt = std::remove_const_t<F>;
+  constexpr bool asym = Gran::is_asymmetric;
+  const scale_grid& g = t.grid();
+  const auto order = t.input_columns();
+  for (std::size_t r = r0; r < r1; ++r) {
+    const std::uint8_t* row = t.row_codes(r);
+    float* o = &out(r, 0);
+    for (std::size_t gi = 0; gi < g.groups_per_row; ++gi) {
+      const std::size_t k = g.index(r, gi);
+      const float sc = t.scale(k);
+      const std::uint8_t z = t.zero(k);
+      for (std::size_t c = g.group_begin(gi); c < g.group_end(gi); ++c)
+        o[order[c]] = dequantize_value<Fmt, asym>(read_code(row, c, t.bits), sc, z);
+    }
+  }
+}
+
+/// Workspace bytes gemv needs ahead of the kernel's: x gathered into stored-column order.
+template <class F, class Gran>
+std::size_t gather_bytes(const tensor_view<F, Gran>& w) noexcept {
+  return w.permuted() ? (w.cols() * sizeof(float) + 63) / 64 * 64 : 0;
+}
+/// x in the tensor's stored-column order: x itself, or gathered into ws (gather_bytes(w) bytes).
+template <class F, class Gran>
+const float* gather_x(const tensor_view<F, Gran>& w, const float* x, std::byte* ws) noexcept {
+  if (!w.permuted()) return x;
+  auto* xp = reinterpret_cast<float*>(ws);
+  const auto order = w.input_columns();
+  for (std::size_t j = 0; j < order.size(); ++j) xp[j] = x[order[j]];
+  return xp;
+}
+
 inline void check_not_empty(matrix_view<const float> w, const char* who) {
   if (w.empty()) fail(who, ": w is empty (", w.rows(), " x ", w.cols(), ")");
 }
@@ -155,6 +191,9 @@ void quantize(matrix_view<const float> w, tensor_view<F, Gran> out, const quanti
   detail::check_tensor(out, who, "out");
   detail::check_same_shape(w.rows(), w.cols(), out.rows(), out.cols(), who, "w", "out");
   detail::check_options(options, who);
+  if (out.permuted())
+    detail::fail(who, ": out has a permuted column order; round-to-nearest writes natural-order tensors (permuted "
+                      "ones come from gptq::quantize with act_order)");
   if (!detail::all_finite<default_isa>(w)) detail::check_finite(w, who);  // names the first bad weight
   detail::quantize_kernel<F, Gran::is_asymmetric, typename Gran::scale_type, default_isa>::run(w, out, options);
 }
@@ -182,6 +221,7 @@ void dequantize(tensor_view<F, Gran> t, matrix_view<float> out, row_range rows) 
   detail::check_same_shape(t.rows(), t.cols(), out.rows(), out.cols(), "quant::dequantize", "t", "out");
   if (rows.begin > rows.end || rows.end > t.rows())
     detail::fail("quant::dequantize: row range [", rows.begin, ", ", rows.end, ") is not inside [0, ", t.rows(), ")");
+  if (t.permuted()) return detail::dequantize_permuted(t, out, rows.begin, rows.end);
   if (detail::try_dispatch(t, false, false, nullptr, out.data(), out.ld(), rows.begin, rows.end)) return;
   detail::dequantize_kernel<std::remove_const_t<F>, Gran::is_asymmetric, typename Gran::scale_type, default_isa>::rows(
       detail::problem_of(t), out.data(), out.ld(), rows.begin, rows.end);
@@ -275,7 +315,7 @@ template <class F, class Gran, class Mode = exact_t>
   requires detail::is_gemv_mode_v<Mode>
 std::size_t gemv_workspace_size(tensor_view<F, Gran> w, Mode = Mode{}) {
   detail::check_tensor(w, "quant::gemv_workspace_size", "w");
-  return detail::gemv_kernel_for<F, Gran, Mode>::workspace_bytes(w.grid());
+  return detail::gather_bytes(w) + detail::gemv_kernel_for<F, Gran, Mode>::workspace_bytes(w.grid());
 }
 
 /// y = W x without allocating: workspace is 64-byte aligned, gemv_workspace_size(w, mode) bytes.
@@ -285,8 +325,10 @@ template <class F, class Gran, class Mode>
 void gemv(tensor_view<F, Gran> w, std::span<const float> x, std::span<float> y, Mode, std::span<std::byte> workspace) {
   using K = detail::gemv_kernel_for<F, Gran, Mode>;
   detail::check_gemv(w, x, y);
-  detail::check_workspace(workspace, K::workspace_bytes(w.grid()));
-  const detail::gemv_prepared p = K::prepare(w.grid(), x.data(), workspace.data());
+  const std::size_t gb = detail::gather_bytes(w);
+  detail::check_workspace(workspace, gb + K::workspace_bytes(w.grid()));
+  const float* xs = detail::gather_x(w, x.data(), workspace.data());
+  const detail::gemv_prepared p = K::prepare(w.grid(), xs, workspace.data() + gb);
   K::rows(detail::problem_of(w), p, y.data(), 0, w.rows());
 }
 
@@ -297,9 +339,11 @@ void gemv(tensor_view<F, Gran> w, std::span<const float> x, std::span<float> y, 
   using K = detail::gemv_kernel_for<F, Gran, Mode>;
   detail::check_gemv(w, x, y);
   detail::check_rows(rows, w.rows());
-  if (detail::try_dispatch(w, true, std::is_same_v<Mode, fast_t>, x.data(), y.data(), 0, rows.begin, rows.end)) return;
-  detail::heap_workspace ws(K::workspace_bytes(w.grid()));
-  const detail::gemv_prepared p = K::prepare(w.grid(), x.data(), ws.p);
+  const std::size_t gb = detail::gather_bytes(w);
+  detail::heap_workspace ws(gb + K::workspace_bytes(w.grid()));
+  const float* xs = detail::gather_x(w, x.data(), ws.p);
+  if (detail::try_dispatch(w, true, std::is_same_v<Mode, fast_t>, xs, y.data(), 0, rows.begin, rows.end)) return;
+  const detail::gemv_prepared p = K::prepare(w.grid(), xs, ws.p + gb);
   K::rows(detail::problem_of(w), p, y.data(), rows.begin, rows.end);
 }
 
@@ -311,17 +355,21 @@ void gemv(tensor_view<F, Gran> w, std::span<const float> x, std::span<float> y, 
   detail::check_gemv(w, x, y);
   const std::size_t rows = w.rows();
   const std::size_t min_rows0 = std::max<std::size_t>(8, 32768 / w.cols());
+  const std::size_t gb = detail::gather_bytes(w);
   if constexpr (detail::runtime_dispatch && detail::is_builtin_format_v<std::remove_const_t<F>>) {
     // The dispatched kernels prepare x per range (O(cols) each).
+    detail::heap_workspace xw(gb);
+    const float* xs = detail::gather_x(w, x.data(), xw.p);
     const std::size_t tasks = std::clamp<std::size_t>(rows / min_rows0, 1, 64);
     exec(tasks, [&](std::size_t i) {
       const auto [r0, r1] = detail::split_rows(rows, tasks, i);
-      detail::try_dispatch(w, true, std::is_same_v<Mode, fast_t>, x.data(), y.data(), 0, r0, r1);
+      detail::try_dispatch(w, true, std::is_same_v<Mode, fast_t>, xs, y.data(), 0, r0, r1);
     });
     return;
   }
-  detail::heap_workspace ws(K::workspace_bytes(w.grid()));
-  const detail::gemv_prepared p = K::prepare(w.grid(), x.data(), ws.p);
+  detail::heap_workspace ws(gb + K::workspace_bytes(w.grid()));
+  const float* xs = detail::gather_x(w, x.data(), ws.p);
+  const detail::gemv_prepared p = K::prepare(w.grid(), xs, ws.p + gb);
   const detail::gemv_problem m = detail::problem_of(w);
   // Enough ranges to balance the load, each at least 8 rows and 32K weights.
   const std::size_t tasks = std::clamp<std::size_t>(rows / min_rows0, 1, 64);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
@@ -31,17 +32,21 @@ class tensor {
   tensor() = default;
 
   /// A zero-filled rows x cols tensor. Throws quant::error for an empty shape or a zero group size.
-  tensor(std::size_t rows, std::size_t cols, const Gran& gran = {}) {
-    const storage_requirements r = storage<F, Gran>(rows, cols, gran);
+  /// With column_order::permuted the column order starts as the identity.
+  tensor(std::size_t rows, std::size_t cols, const Gran& gran = {}, column_order order = column_order::natural) {
+    const storage_requirements r = storage<F, Gran>(rows, cols, gran, order);
     allocate(r.buffer_bytes());
-    view_ = view_type::bind({buffer_.get(), size_}, rows, cols, gran);
+    view_ = view_type::bind({buffer_.get(), size_}, rows, cols, gran, order);
+    const auto o = view_.input_columns();
+    for (std::size_t j = 0; j < o.size(); ++j) o[j] = static_cast<std::uint32_t>(j);
   }
 
   tensor(const tensor& other) : tensor() {
     if (other.size_ == 0) return;
     allocate(other.size_);
     std::memcpy(buffer_.get(), other.buffer_.get(), size_);
-    view_ = view_type::bind({buffer_.get(), size_}, other.rows(), other.cols(), other.view_.granularity());
+    view_ = view_type::bind({buffer_.get(), size_}, other.rows(), other.cols(), other.view_.granularity(),
+                            other.permuted() ? column_order::permuted : column_order::natural);
   }
   tensor(tensor&& other) noexcept
       : buffer_(std::move(other.buffer_)), size_(std::exchange(other.size_, 0)), view_(std::exchange(other.view_, {})) {}
@@ -66,6 +71,8 @@ class tensor {
   std::size_t rows() const noexcept { return view_.rows(); }
   std::size_t cols() const noexcept { return view_.cols(); }
   quant::shape shape() const noexcept { return view_.shape(); }
+  /// True when the stored columns are permuted (see tensor_view::input_columns()).
+  bool permuted() const noexcept { return view_.permuted(); }
   /// Payload bytes: codes + scales + zero points (alignment padding not counted).
   std::size_t bytes() const noexcept { return empty() ? 0 : view_.bytes(); }
   double bits_per_weight() const noexcept { return empty() ? 0.0 : view_.bits_per_weight(); }

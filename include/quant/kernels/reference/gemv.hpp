@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "../../config.hpp"
 #include "../../layout/packing.hpp"
@@ -41,12 +42,23 @@ inline float quantize_activation_block(std::span<const float> x, std::int8_t* q)
   return s;
 }
 
+/// x in t's stored-column order (a copy when the columns are permuted).
+template <class F, class Gran>
+std::vector<float> stored_order_x(const tensor_view<F, Gran>& t, std::span<const float> x) {
+  std::vector<float> v(x.begin(), x.end());
+  if (t.permuted())
+    for (std::size_t j = 0; j < v.size(); ++j) v[j] = x[t.input_columns()[j]];
+  return v;
+}
+
 /// y = W x with fp32 activations.
 template <class F, class Gran>
-void gemv(tensor_view<F, Gran> t, std::span<const float> x, std::span<float> y) {
+void gemv(tensor_view<F, Gran> t, std::span<const float> x_in, std::span<float> y) {
   using Fmt = std::remove_const_t<F>;
   constexpr bool asym = Gran::is_asymmetric;
   const scale_grid& g = t.grid();
+  const std::vector<float> xv = stored_order_x(t, x_in);
+  const std::span<const float> x(xv);
   for (std::size_t r = 0; r < g.rows; ++r) {
     const std::uint8_t* row = t.row_codes(r);
     double acc = 0.0;
@@ -62,12 +74,15 @@ void gemv(tensor_view<F, Gran> t, std::span<const float> x, std::span<float> y) 
   }
 }
 
-/// y = W x with activations quantized to int8 per block of fast_block_size.
+/// y = W x with activations quantized to int8 per block of fast_block_size (blocks of x in the
+/// tensor's stored-column order).
 template <class F, class Gran>
-void gemv_fast(tensor_view<F, Gran> t, std::span<const float> x, std::span<float> y) {
+void gemv_fast(tensor_view<F, Gran> t, std::span<const float> x_in, std::span<float> y) {
   using Fmt = std::remove_const_t<F>;
   constexpr bool asym = Gran::is_asymmetric;
   const scale_grid& g = t.grid();
+  const std::vector<float> xv = stored_order_x(t, x_in);
+  const std::span<const float> x(xv);
   const auto& values = detail::code_values<Fmt, asym>::get();
   for (std::size_t r = 0; r < g.rows; ++r) {
     const std::uint8_t* row = t.row_codes(r);

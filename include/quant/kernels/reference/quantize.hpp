@@ -71,7 +71,7 @@ void dequantize(tensor_view<F, Gran> t, matrix_view<float> out) {
       const float s = t.scale(k);
       const std::uint8_t z = t.zero(k);
       for (std::size_t c = g.group_begin(gi); c < g.group_end(gi); ++c)
-        out(r, c) = detail::dequantize_value<Fmt, asym>(read_code(row, c, bits), s, z);
+        out(r, t.permuted() ? t.input_columns()[c] : c) = detail::dequantize_value<Fmt, asym>(read_code(row, c, bits), s, z);
     }
   }
 }
