@@ -440,3 +440,34 @@ TEST_CASE("gptq on the layers of a real checkpoint (stories260K)") {
     CHECK(e < 0.9 * er);
   }
 }
+
+TEST_CASE("gptq small exact cases: a diagonal Hessian is round-to-nearest; two columns by hand") {
+  // Diagonal H: U is diagonal, no error moves to other columns, so GPTQ is RTN code for code.
+  const std::size_t rows = 6, cols = 96;
+  const auto w = qt::heavy_tailed(rows, cols, 3);
+  std::vector<float> h(cols * cols, 0.0f);
+  for (std::size_t j = 0; j < cols; ++j) h[j * cols + j] = 1.0f + static_cast<float>(j % 7);
+  const matrix_view<const float> wv(w.data(), rows, cols);
+  const auto g = gptq::quantize<int4>(wv, h, per_group<32, asymmetric>{});
+  const auto r = quantize<int4>(wv, per_group<32, asymmetric>{});
+  CHECK(std::equal(g.cview().codes().begin(), g.cview().codes().end(), r.cview().codes().begin()));
+  CHECK(std::equal(g.cview().scales().begin(), g.cview().scales().end(), r.cview().scales().begin()));
+  CHECK(std::equal(g.cview().zeros().begin(), g.cview().zeros().end(), r.cview().zeros().begin()));
+
+  // Two columns, one row: q1 = Q(a); the error moves to b as b' = b + (a - q1) h12 / h22'
+  // (h22' = h22 + damp), the OBS update; then q2 = Q(b'), with the row's per-channel parameters
+  // fitted on [a, b].
+  const float a = 0.46f, b = -0.83f, h11 = 4.0f, h12 = 2.0f, h22 = 1.5f;  // b sets the scale (b = -8 s)
+  const std::vector<float> w2{a, b}, h2{h11, h12, h12, h22};
+  gptq::options o;
+  const auto t = gptq::quantize<int4>(matrix_view<const float>(w2.data(), 1, 2), h2, per_channel<>{}, o);
+  const float damp = o.damp * (h11 + h22) / 2.0f;
+  const auto p = fit_block<int4, false, float>(matrix_view<const float>(w2.data(), 1, 2), quantize_options{});
+  auto qd = [&](float v) {
+    return detail::dequantize_value<int4, false>(detail::quantize_value<int4, false>(v, p.scale, p.zero), p.scale, p.zero);
+  };
+  const float q1 = qd(a), b2 = b + (a - q1) * h12 / (h22 + damp);
+  CHECK(t.cview().value(0, 0) == q1);
+  CHECK(t.cview().value(0, 1) == qd(b2));
+  CHECK(qd(b2) != qd(b));  // the case moves b to another code: the update is what is tested
+}
