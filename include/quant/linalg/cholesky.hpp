@@ -11,18 +11,19 @@
 //   2. The w x w diagonal block is factored unblocked on a stack copy (row-oriented, vector dot
 //      products); a pivot that is not positive and finite stops the factorization there.
 //   3. The panel below it, L21 = A21 L11^-T, is solved as L11 Y = A21^T with Y = L21^T: chunks of
-//      4 vectors' worth of rows of A21 are transposed into a stack buffer, forward substitution
-//      runs on whole vectors (two columns at a time, eight independent FMA chains), and the
-//      result goes to both L21 (lower) and L21^T (upper, for step 1 of the later blocks). Chunks
-//      run through exec.
-//   The strict upper triangle is zeroed at the end. Flops: n^3/3, all but ~nb/n of them in gemm.
+//      4 vectors' worth of rows of A21 are transposed (8 x 8 register tiles) into a stack buffer,
+//      forward substitution runs on whole vectors (4 rows of Y at a time with AVX-512, 2 below:
+//      16 or 8 independent FMA chains), and the result goes to both L21 (lower) and L21^T (upper,
+//      for step 1 of the later blocks). Chunks run through exec.
+//   The strict upper triangle is zeroed at the end. Flops: n^3/3, all but ~1.5 nb/n of them in gemm.
 //
 // invert_upper: bottom-up in row blocks I = [i0, i1) of nb rows. With X = U^-1 already computed
 // for rows and columns [i1, n):  X[I, i1:n] = -X[I,I] U[I, i1:n] X[i1:n, i1:n].
 //   1. X[I,I] = U[I,I]^-1 on a stack copy (row by row, vector axpys).
-//   2. R' = -X[I,I] U[I, i1:n] by column chunks through exec, written transposed into the
-//      strict lower triangle (rows i1.., columns 0..w): free space, and the transposed layout
-//      makes step 3 a TN product whose operands never overlap its output.
+//   2. R' = -X[I,I] U[I, i1:n] by column chunks through exec (vector FMAs along the rows of a
+//      stack copy), written transposed into the strict lower triangle (rows i1.., columns 0..w):
+//      free space, and the transposed layout makes step 3 a TN product whose operands never
+//      overlap its output.
 //   3. X[I, i1:n] = R' X[i1:n, i1:n], one gemm (TN) per diagonal block column of the right part,
 //      each with k up to the end of that block only (X is upper triangular; the strict lower parts
 //      of the diagonal blocks are zeroed first so that they read as zeros), run through exec.
@@ -140,6 +141,69 @@ struct fact_kernels {
     for (; i < n; ++i) y[i] -= s * x[i];
   }
 
+  /// Rows of Y (or columns of a panel) solved or multiplied together: G * PV accumulators.
+  static constexpr std::size_t G = W >= 16 ? 4 : 2;
+
+  /// Rows c .. c+R-1 of the forward substitution L11 Y = Y (rows of RC floats, rows < c final).
+  template <std::size_t R>
+  static QUANT_ALWAYS_INLINE void forward_rows(std::size_t c, const float* l11, std::size_t ld, const float* inv,
+                                               float* y) noexcept {
+    f acc[R][PV];
+    const float* l[R];
+    static_for<R>([&](auto g) QUANT_LA_INLINE_LAMBDA {
+      l[g] = l11 + (c + g) * ld;
+      static_for<PV>([&](auto v) QUANT_LA_INLINE_LAMBDA { acc[g][v] = V::load_aligned(y + (c + g) * RC + v * W); });
+    });
+    QUANT_LA_NO_UNROLL
+    for (std::size_t p = 0; p < c; ++p) {
+      const float* yp = y + p * RC;
+      f yv[PV];
+      static_for<PV>([&](auto v) QUANT_LA_INLINE_LAMBDA { yv[v] = V::load_aligned(yp + v * W); });
+      static_for<R>([&](auto g) QUANT_LA_INLINE_LAMBDA {
+        const f b = V::set1(l[g][p]);
+        static_for<PV>([&](auto v) QUANT_LA_INLINE_LAMBDA { acc[g][v] = V::fnmadd(b, yv[v], acc[g][v]); });
+      });
+    }
+    // The R x R triangle: row g takes the final rows c .. c+g-1.
+    static_for<R>([&](auto g) QUANT_LA_INLINE_LAMBDA {
+      static_for<decltype(g)::value>([&](auto h) QUANT_LA_INLINE_LAMBDA {
+        const f b = V::set1(l[g][c + h]);
+        static_for<PV>([&](auto v) QUANT_LA_INLINE_LAMBDA { acc[g][v] = V::fnmadd(b, acc[h][v], acc[g][v]); });
+      });
+      const f iv = V::set1(inv[c + g]);
+      static_for<PV>([&](auto v) QUANT_LA_INLINE_LAMBDA {
+        acc[g][v] = V::mul(acc[g][v], iv);
+        V::store(y + (c + g) * RC + v * W, acc[g][v]);
+      });
+    });
+  }
+
+  /// Rows i .. i+R-1 of R' = -X Z in place (rows of RC floats; rows >= i still hold Z; X's strict
+  /// lower part is zero in memory).
+  template <std::size_t R>
+  static QUANT_ALWAYS_INLINE void trmm_rows(std::size_t i, std::size_t w, const float* x, std::size_t ld,
+                                            float* z) noexcept {
+    f acc[R][PV];
+    const float* xr[R];
+    static_for<R>([&](auto g) QUANT_LA_INLINE_LAMBDA {
+      xr[g] = x + (i + g) * ld;
+      static_for<PV>([&](auto v) QUANT_LA_INLINE_LAMBDA { acc[g][v] = V::zero(); });
+    });
+    QUANT_LA_NO_UNROLL
+    for (std::size_t k = i; k < w; ++k) {
+      const float* zk = z + k * RC;
+      f zv[PV];
+      static_for<PV>([&](auto v) QUANT_LA_INLINE_LAMBDA { zv[v] = V::load_aligned(zk + v * W); });
+      static_for<R>([&](auto g) QUANT_LA_INLINE_LAMBDA {
+        const f b = V::set1(xr[g][k]);
+        static_for<PV>([&](auto v) QUANT_LA_INLINE_LAMBDA { acc[g][v] = V::fnmadd(b, zv[v], acc[g][v]); });
+      });
+    }
+    static_for<R>([&](auto g) QUANT_LA_INLINE_LAMBDA {
+      static_for<PV>([&](auto v) QUANT_LA_INLINE_LAMBDA { V::store(z + (i + g) * RC + v * W, acc[g][v]); });
+    });
+  }
+
   /// Lower Cholesky of the w x w block d (row stride ld; lower triangle read). On success the lower
   /// triangle holds L, the strict upper one L^T, and w is returned; otherwise the index of the
   /// first pivot that is not positive and finite.
@@ -169,48 +233,11 @@ struct fact_kernels {
     alignas(64) float y[fact_nb * RC];
     for (std::size_t c = 0; c < w; ++c) std::memset(y + c * RC + rows, 0, (RC - rows) * sizeof(float));
     transpose_copy(a21, ld, y, RC, rows, w);
-    // Forward substitution L11 Y = A21^T on rows of Y (vectors across the chunk's rows), two rows
-    // of Y at a time: 2 * PV independent accumulators.
+    // Forward substitution L11 Y = A21^T on rows of Y (vectors across the chunk's rows), G rows of
+    // Y at a time: G * PV independent accumulators.
     std::size_t c = 0;
-    for (; c + 2 <= w; c += 2) {
-      const float *l0 = l11 + c * ld, *l1 = l11 + (c + 1) * ld;
-      float *y0 = y + c * RC, *y1 = y0 + RC;
-      f a0[PV], a1[PV];
-      static_for<PV>([&](auto v) {
-        a0[v] = V::load_aligned(y0 + v * W);
-        a1[v] = V::load_aligned(y1 + v * W);
-      });
-      QUANT_LA_NO_UNROLL
-      for (std::size_t p = 0; p < c; ++p) {
-        const f b0 = V::set1(l0[p]), b1 = V::set1(l1[p]);
-        const float* yp = y + p * RC;
-        static_for<PV>([&](auto v) {
-          const f yv = V::load_aligned(yp + v * W);
-          a0[v] = V::fnmadd(b0, yv, a0[v]);
-          a1[v] = V::fnmadd(b1, yv, a1[v]);
-        });
-      }
-      const f i0 = V::set1(inv[c]), i1 = V::set1(inv[c + 1]), b = V::set1(l1[c]);
-      static_for<PV>([&](auto v) {
-        a0[v] = V::mul(a0[v], i0);
-        a1[v] = V::mul(V::fnmadd(b, a0[v], a1[v]), i1);
-        V::store(y0 + v * W, a0[v]);
-        V::store(y1 + v * W, a1[v]);
-      });
-    }
-    if (c < w) {
-      const float* l0 = l11 + c * ld;
-      float* y0 = y + c * RC;
-      f a0[PV];
-      static_for<PV>([&](auto v) { a0[v] = V::load_aligned(y0 + v * W); });
-      for (std::size_t p = 0; p < c; ++p) {
-        const f b0 = V::set1(l0[p]);
-        const float* yp = y + p * RC;
-        static_for<PV>([&](auto v) { a0[v] = V::fnmadd(b0, V::load_aligned(yp + v * W), a0[v]); });
-      }
-      const f i0 = V::set1(inv[c]);
-      static_for<PV>([&](auto v) { V::store(y0 + v * W, V::mul(a0[v], i0)); });
-    }
+    for (; c + G <= w; c += G) forward_rows<G>(c, l11, ld, inv, y);
+    for (; c < w; ++c) forward_rows<1>(c, l11, ld, inv, y);
     for (std::size_t cc = 0; cc < w; ++cc) std::memcpy(u + cc * ld, y + cc * RC, rows * sizeof(float));
     transpose_copy(y, RC, a21, ld, w, rows);
   }
@@ -245,38 +272,10 @@ struct fact_kernels {
       std::memcpy(z + i * RC, r + i * ld, cols * sizeof(float));
       std::memset(z + i * RC + cols, 0, (RC - cols) * sizeof(float));
     }
-    // Top-down in pairs of rows: rows i, i+1 read rows >= i of z, which are still R.
+    // Top-down, G rows at a time: rows i.. i+G-1 read rows >= i of z, which are still R.
     std::size_t i = 0;
-    for (; i + 2 <= w; i += 2) {
-      const float *x0 = x + i * ld, *x1 = x + (i + 1) * ld;
-      f a0[PV], a1[PV];
-      static_for<PV>([&](auto v) { a0[v] = V::zero(), a1[v] = V::zero(); });
-      QUANT_LA_NO_UNROLL
-      for (std::size_t k = i; k < w; ++k) {  // x1[i] is zero (strict lower part)
-        const f b0 = V::set1(x0[k]), b1 = V::set1(x1[k]);
-        const float* zk = z + k * RC;
-        static_for<PV>([&](auto v) {
-          const f zv = V::load_aligned(zk + v * W);
-          a0[v] = V::fnmadd(b0, zv, a0[v]);
-          a1[v] = V::fnmadd(b1, zv, a1[v]);
-        });
-      }
-      static_for<PV>([&](auto v) {
-        V::store(z + i * RC + v * W, a0[v]);
-        V::store(z + (i + 1) * RC + v * W, a1[v]);
-      });
-    }
-    if (i < w) {
-      const float* x0 = x + i * ld;
-      f a0[PV];
-      static_for<PV>([&](auto v) { a0[v] = V::zero(); });
-      for (std::size_t k = i; k < w; ++k) {
-        const f b0 = V::set1(x0[k]);
-        const float* zk = z + k * RC;
-        static_for<PV>([&](auto v) { a0[v] = V::fnmadd(b0, V::load_aligned(zk + v * W), a0[v]); });
-      }
-      static_for<PV>([&](auto v) { V::store(z + i * RC + v * W, a0[v]); });
-    }
+    for (; i + G <= w; i += G) trmm_rows<G>(i, w, x, ld, z);
+    for (; i < w; ++i) trmm_rows<1>(i, w, x, ld, z);
     transpose_copy(z, RC, s, ld, w, cols);
   }
 };
@@ -428,10 +427,10 @@ void invert_upper(std::size_t n, float* a, std::size_t lda, Exec&& exec = {}) {
 
 /// GPTQ's factor. h holds a symmetric positive-definite n x n matrix H (full, row stride ldh). On
 /// success h is overwritten by the upper-triangular U with U^T U = H^-1 (positive diagonal, strict
-/// lower triangle zero) and n is returned. Otherwise returns the index (in H's order) of the column
-/// whose pivot was not positive and finite; the factorization runs from the last column to the
-/// first, so that is the first column c for which H[c:n, c:n] is found not positive definite. h
-/// is garbage then. Throws quant::error for ldh < n or a null h with n > 0.
+/// lower triangle zero) and n is returned. Otherwise returns the index c (in H's order) of the
+/// column whose pivot was not positive and finite: the factorization runs from the last column to
+/// the first, so H[c:n, c:n] is the largest trailing block found not positive definite. h is
+/// garbage then. Throws quant::error for ldh < n or a null h with n > 0.
 template <class Exec = inline_executor>
   requires executor<std::remove_reference_t<Exec>>
 std::size_t inverse_upper_factor(std::size_t n, float* h, std::size_t ldh, Exec&& exec = {}) {

@@ -1,32 +1,36 @@
 // quant/linalg/gemm.hpp: dense fp32 matrix products, C = alpha op(A) B + beta C, for the
 // algorithms (GPTQ's Hessian accumulation and block updates, the factorizations of
-// linalg/cholesky.hpp). Row-major throughout; op(A) is A or A^T.
+// linalg/cholesky.hpp). Row-major throughout; op(A) is A (NN) or A^T (TN).
 //
-// Method: the Goto/BLIS blocking. C is computed in column blocks of nc columns; the k dimension
-// is cut into blocks of kc <= 256 (equal sizes, chosen from k alone); per (column block, k block)
-// the kc x nc slice of B is packed into micro-panels of NR columns (kc x NR, contiguous, zero
-// padded), and per MR rows the kc-deep slice of op(A) is packed once and multiplied with every
-// micro-panel by the register-blocked microkernel: an MR x NR tile of C held in vector
-// accumulators, one vector load per NR/lanes columns of B and one broadcast per row of A per k
-// step, fused multiply-adds. Tiles:
+// Method: Goto/BLIS-style blocking into a register-blocked microkernel.
+//   k blocks     k is cut into blocks of kc <= 128 of equal size, from k alone.
+//   B            per k block and column block of nc <= 128 columns, the kc x nc slice of B is packed
+//                into micro-panels of NR columns (kc x NR contiguous, zero padded): 64 KiB, read
+//                from L2 by the kernels of every row of the task.
+//   A            NN: MR rows of A copied as they are (one panel, rows at a padded stride; the kernel
+//                broadcasts from the MR rows); TN: 32 columns of op(A) at a time, i.e. kc rows of
+//                32 contiguous floats of the stored A, turned into k-major MR-wide panels (whole
+//                cache lines per row of A, which matters when its stride is a large power of two).
+//   microkernel  an MR x NR tile of C in vector accumulators; per k step one aligned load per
+//                vector of B, one broadcast per row of A, MR * NV fused multiply-adds:
+//                  AVX-512 (QUANT_ISA_AVX512)  8 x 32, 16 zmm accumulators
+//                  AVX2    (QUANT_ISA_AVX2)    6 x 16, 12 ymm accumulators
+//                  other tiers                 6 x 2w on xsimd batches of the build's arch (w lanes)
+//   prefetch     the next A block's cache lines, one per k step spread over the current block's
+//                kernels; C's tile to L2 when a kernel starts and to L1 24 steps before its
+//                epilogue; the packing loops prefetch the rows they will copy next.
+// Edge tiles (fewer than MR rows or NR columns) run the same kernel on a copy in a stack tile, so
+// every element of C is computed by the same operations wherever it lies: the sum over each k
+// block in order, then C = alpha * acc + beta * C for the first block (beta == 0: C is not read)
+// and C = alpha * acc + C for the next ones. An element's value depends on k and the tier only,
+// never on how the work is split.
 //
-//   AVX-512 (QUANT_ISA_AVX512)  8 x 32 (16 zmm accumulators, 2 loads + 8 broadcasts per 16 FMA)
-//   AVX2    (QUANT_ISA_AVX2)    6 x 16 (12 ymm accumulators)
-//   other tiers                 6 x 2w on xsimd batches of the build's architecture (w lanes)
-//
-// The packed A panel has the layout its source makes cheap: rows of A copied as they are (NN:
-// the kernel broadcasts from MR rows at a fixed stride) or k-major MR-wide rows of A^T (TN: a
-// contiguous copy of MR floats per k). Packing buffers live on the stack: 64 KiB for B (kc * nc
-// <= 16384 floats: kc = 128 gives nc = 128, kc = 256 gives nc = 64), ~9 KiB for A and one edge
-// tile, about 75 KiB per call or task. Edge tiles (fewer than MR rows or NR columns) run the same
-// kernel on a copy in a stack tile, so every element of C is computed by the same sequence of
-// operations: the sum over each k block in order, then C = alpha * acc + beta * C for the first
-// block (beta == 0: C is not read) and C = alpha * acc + C for the next ones. The result of an
-// element therefore depends on k and the tier only, never on how the work is split.
-//
-// Threads: gemm(p, exec) cuts C into tasks of whole column blocks (and row ranges of at least 64
-// rows when there are few column blocks), at most 64 tasks of at least ~16 MFLOP each, and runs
-// them through exec (any quant::executor). Nothing is allocated on the heap.
+// Threads: gemm(p, exec) cuts C into a grid of tasks (at most 32, of at least ~16 MFLOP, parts of
+// at least 256 rows and nc columns, or smaller ones for at least 4 tasks unless exec is known to
+// run one task at a time) choosing the grid that re-reads the least (a column part packs its rows
+// of A once per column block, a row part its columns of B once per k block), and runs them
+// through exec (any quant::executor). Nothing is allocated on the heap: each call or task uses
+// 81 KiB of stack for its packing buffers.
 #pragma once
 
 #include <algorithm>
@@ -200,29 +204,36 @@ QUANT_ALWAYS_INLINE void prefetch_read(const void* p) noexcept {
   (void)p;
 #endif
 }
+QUANT_ALWAYS_INLINE void prefetch_l2(const void* p) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p, 0, 2);
+#else
+  (void)p;
+#endif
+}
 
 // ------------------------------------------------------------------------------------------------
 // Blocking constants
 
-/// Floats of the packing buffer (80 KiB): B's kc x nc slice plus A's kc x mc block.
+/// k blocks of at most this many (equal sizes).
+inline constexpr std::size_t gemm_kc_max = 128;
+/// Floats of the packing buffer (80 KiB): B's kc x nc slice, then A's packed block.
 inline constexpr std::size_t gemm_buf = 20480;
-/// NN: k blocks of at most 256, one MR-row panel of A at a time, B gets the rest of the buffer.
-inline constexpr std::size_t gemm_nn_kc_max = 256;
 /// Row stride of the packed A panel in the NN layout (padded so that its rows do not share cache
 /// sets).
-inline constexpr std::size_t gemm_a_stride = gemm_nn_kc_max + 16;
-/// TN: k blocks of at most 128 and A blocks of 32 columns (the packing reads 128 contiguous bytes
-/// of each row of A, whole cache lines however large its row stride); B gets 16384 floats
-/// (nc = 128).
-inline constexpr std::size_t gemm_tn_kc_max = 128, gemm_tn_mc = 32, gemm_tn_bbuf = 16384;
+inline constexpr std::size_t gemm_a_stride = gemm_kc_max + 16;
+/// B gets 16384 floats (kc = 128: nc = 128). NN packs one MR-row panel of A at a time; TN packs
+/// blocks of 32 columns (128 contiguous bytes of each row of the stored A, whole cache lines
+/// however large its row stride).
+inline constexpr std::size_t gemm_bbuf = 16384, gemm_tn_mc = 32;
 /// Tasks: at most this many, of at least this many flops, of at least this many rows.
 inline constexpr std::size_t gemm_max_tasks = 32;
 inline constexpr double gemm_task_flops = 16.0e6;
 inline constexpr std::size_t gemm_min_task_rows = 256;
 
-/// Cache lines to prefetch: `rows` rows (row stride ld) of per_row lines each, spread over the
-/// kernels of a block, per_kernel lines each; slice(i) is kernel i's share (base at its first row,
-/// line its first line in that row, count its number of lines).
+/// Cache lines to prefetch: `total` lines in rows (row stride ld) of per_row lines each, spread
+/// over the kernels of a block, per_kernel lines each; slice(i) is kernel i's share (base at its
+/// first row, line its first line in that row, count its number of lines).
 struct prefetch_plan {
   const float* base = nullptr;
   std::size_t ld = 0, per_row = 1, total = 0, per_kernel = 0, line = 0, count = 0;
@@ -251,12 +262,10 @@ struct gemm_blocking {
 };
 template <std::size_t MR, std::size_t NR>
 constexpr gemm_blocking blocking_for(std::size_t k, bool ta) noexcept {
-  const std::size_t kc_max = ta ? gemm_tn_kc_max : gemm_nn_kc_max;
-  const std::size_t blocks = k == 0 ? 1 : (k + kc_max - 1) / kc_max;
+  const std::size_t blocks = k == 0 ? 1 : (k + gemm_kc_max - 1) / gemm_kc_max;
   const std::size_t kc = k == 0 ? 1 : (k + blocks - 1) / blocks;
   const std::size_t mc = ta ? gemm_tn_mc / MR * MR : MR;
-  const std::size_t bbuf = ta ? gemm_tn_bbuf : gemm_buf - MR * gemm_a_stride;
-  const std::size_t nc = std::min<std::size_t>(std::max(bbuf / kc / NR * NR, NR), 4096);
+  const std::size_t nc = std::min<std::size_t>(std::max(gemm_bbuf / kc / NR * NR, NR), 4096);
   return {kc, mc, nc};
 }
 
@@ -276,10 +285,10 @@ struct gemm_kernels {
   static QUANT_ALWAYS_INLINE void step(f (&acc)[MR][NV], const float* QUANT_RESTRICT a, const float* QUANT_RESTRICT b,
                                        std::size_t p) noexcept {
     f bv[NV];
-    static_for<NV>([&](auto j) { bv[j] = V::load_aligned(b + p * NR + j * W); });
-    static_for<MR>([&](auto i) {
+    static_for<NV>([&](auto j) QUANT_LA_INLINE_LAMBDA { bv[j] = V::load_aligned(b + p * NR + j * W); });
+    static_for<MR>([&](auto i) QUANT_LA_INLINE_LAMBDA {
       const f av = V::set1(KMajor ? a[p * MR + i] : a[i * AS + p]);
-      static_for<NV>([&](auto j) { acc[i][j] = V::fmadd(av, bv[j], acc[i][j]); });
+      static_for<NV>([&](auto j) QUANT_LA_INLINE_LAMBDA { acc[i][j] = V::fmadd(av, bv[j], acc[i][j]); });
     });
   }
 
@@ -291,11 +300,15 @@ struct gemm_kernels {
                    std::size_t ldc, float alpha, float beta, epilogue e, prefetch_plan pf = {}) noexcept {
     f acc[MR][NV];
     static_for<MR>([&](auto i) { static_for<NV>([&](auto j) { acc[i][j] = V::zero(); }); });
-    if (e != epilogue::assign)
-      static_for<MR>([&](auto i) {
-        prefetch_read(c + i * ldc);
-        prefetch_read(c + i * ldc + NR - 1);
+    // C's lines: to L2 now, to L1 shortly before the epilogue (with a large power-of-two ldc the
+    // tile's rows share one L1 set and would not survive the k loop there).
+    const bool read_c = e != epilogue::assign;
+    if (read_c)
+      static_for<MR>([&](auto i) QUANT_LA_INLINE_LAMBDA {
+        prefetch_l2(c + i * ldc);
+        prefetch_l2(c + i * ldc + NR - 1);
       });
+    const std::size_t c_at = read_c ? (kc > 24 ? kc - 24 : 0) : kc;
     const std::size_t pf_steps = std::min(kc, pf.count);
     const float* pf_row = pf.base;
     std::size_t pf_line = pf.line;
@@ -305,6 +318,11 @@ struct gemm_kernels {
         prefetch_read(pf_row + pf_line * 16);
         if (++pf_line == pf.per_row) pf_line = 0, pf_row += pf.ld;
       }
+      if (p == c_at)
+        static_for<MR>([&](auto i) QUANT_LA_INLINE_LAMBDA {
+          prefetch_read(c + i * ldc);
+          prefetch_read(c + i * ldc + NR - 1);
+        });
       step<KMajor>(acc, a, b, p);
     }
     const f va = V::set1(alpha);
@@ -356,26 +374,15 @@ struct gemm_kernels {
     }
   }
 
-  /// The kc-deep slice of MR rows of op(A) (mr valid, the rest zero). NN: a points at A(i0, p0), row
-  /// stride lda, into dst[i * AS + p]. TN: a points at A(p0, i0) of the stored k x m matrix, into
-  /// dst[p * MR + i].
-  template <bool KMajor>
-  static void pack_a(std::size_t kc, std::size_t mr, const float* a, std::size_t lda, float* dst) noexcept {
-    if constexpr (KMajor) {
-      if (mr == MR) {
-        for (std::size_t p = 0; p < kc; ++p) std::memcpy(dst + p * MR, a + p * lda, MR * sizeof(float));
-      } else {
-        for (std::size_t p = 0; p < kc; ++p) {
-          std::size_t i = 0;
-          for (; i < mr; ++i) dst[p * MR + i] = a[p * lda + i];
-          for (; i < MR; ++i) dst[p * MR + i] = 0.0f;
-        }
-      }
-    } else {
-      for (std::size_t i = 0; i < mr; ++i) std::memcpy(dst + i * AS, a + i * lda, kc * sizeof(float));
-      for (std::size_t i = mr; i < MR; ++i) std::memset(dst + i * AS, 0, kc * sizeof(float));
-    }
+  /// NN: the kc-deep slice of MR rows of A at a (A(i0, p0), row stride lda; mr valid, the rest
+  /// zero) into dst[i * AS + p], rows copied as they are.
+  static void pack_a_nn(std::size_t kc, std::size_t mr, const float* a, std::size_t lda, float* dst) noexcept {
+    for (std::size_t i = 0; i < mr; ++i) std::memcpy(dst + i * AS, a + i * lda, kc * sizeof(float));
+    for (std::size_t i = mr; i < MR; ++i) std::memset(dst + i * AS, 0, kc * sizeof(float));
   }
+
+  /// Rows pack_a_tn prefetches ahead of the one it copies.
+  static constexpr std::size_t pack_ahead = 32;
 
   /// TN: the kc x mc block of the stored k x m matrix at a (row stride lda) into ceil(mc / MR)
   /// k-major panels of psize floats (columns past mc zero). Row by row, whole cache lines, with the
@@ -383,7 +390,7 @@ struct gemm_kernels {
   /// cache sets and lines prefetched long before would be evicted before use.
   static void pack_a_tn(std::size_t kc, std::size_t mc, const float* a, std::size_t lda, float* dst,
                         std::size_t psize) noexcept {
-    constexpr std::size_t ahead = 16;
+    constexpr std::size_t ahead = pack_ahead;
     const std::size_t full = mc / MR;
     for (std::size_t p = 0; p < kc; ++p) {
       if (p + ahead < kc) {
@@ -410,9 +417,9 @@ struct gemm_kernels {
   static void run(const gemm_problem& p, gemm_blocking bl) noexcept {
     alignas(64) float buf[gemm_buf];
     alignas(64) float ctile[MR * NR];
-    static_assert(gemm_buf >= gemm_tn_bbuf + gemm_tn_kc_max * gemm_tn_mc);
+    static_assert(gemm_buf >= gemm_bbuf + gemm_kc_max * gemm_tn_mc && gemm_buf >= gemm_bbuf + MR * AS);
     float* const bbuf = buf;
-    float* const abuf = buf + (TA ? gemm_tn_bbuf : gemm_buf - MR * AS);
+    float* const abuf = buf + gemm_bbuf;
     const std::size_t m = p.m, n = p.n, k = p.k;
     // Column blocks: the NR-wide panels of C shared out evenly, at most nc / NR per block.
     const std::size_t panels = (n + NR - 1) / NR, per_block = bl.nc / NR;
@@ -434,18 +441,18 @@ struct gemm_kernels {
             pack_a_tn(kc, mc, p.a + pc * p.lda + ic, p.lda, abuf, psize);
           } else {
             for (std::size_t ir = 0; ir < mc; ir += MR)
-              pack_a<false>(kc, std::min(MR, mc - ir), p.a + (ic + ir) * p.lda + pc, p.lda, abuf + ir / MR * psize);
+              pack_a_nn(kc, std::min(MR, mc - ir), p.a + (ic + ir) * p.lda + pc, p.lda, abuf + ir / MR * psize);
           }
-          // NN: the next A panel's cache lines (MR rows of kc floats), prefetched over this panel's
-          // kernels.
+          // The next A block's first cache lines, prefetched over this block's kernels: NN, its MR
+          // rows of kc floats; TN, the rows pack_a_tn reads before its own prefetches arrive.
           prefetch_plan pf{};
-          if (!TA && ic + mc < m) {
+          if (ic + mc < m) {
             const std::size_t next_mc = std::min(bl.mc, m - ic - mc);
-            pf.base = p.a + (ic + mc) * p.lda + pc;
+            pf.base = TA ? p.a + pc * p.lda + ic + mc : p.a + (ic + mc) * p.lda + pc;
             pf.ld = p.lda;
-            pf.per_row = (kc + 15) / 16;
+            pf.per_row = TA ? (next_mc + 15) / 16 : (kc + 15) / 16;
             const std::size_t kernels = ipanels * jpanels;
-            pf.total = next_mc * pf.per_row;
+            pf.total = (TA ? std::min(kc, pack_ahead) : next_mc) * pf.per_row;
             pf.per_kernel = (pf.total + kernels - 1) / kernels;
           }
           std::size_t kernel_index = 0;
@@ -513,7 +520,7 @@ struct gemm_split {
   std::size_t tm = 1, tn = 1, col_align = 1, row_align = 1;
   std::size_t tasks() const noexcept { return tm * tn; }
 };
-inline gemm_split split_for(const gemm_problem& p) noexcept {
+inline gemm_split split_for(const gemm_problem& p, bool parallel = true) noexcept {
   using K = gemm_default;
   gemm_split s;
   s.row_align = K::MR;
@@ -524,22 +531,25 @@ inline gemm_split split_for(const gemm_problem& p) noexcept {
       static_cast<std::size_t>(std::clamp(2.0 * m * n * k / gemm_task_flops, 1.0, static_cast<double>(gemm_max_tasks)));
   if (want <= 1) return s;
   // Every task packs (reads) its rows of A once per column block and its columns of B once per
-  // k block: tn column parts read A tn times, tm row parts read B tm times. The grid with `want`
-  // tasks (or as many as the shape allows) that reads the least.
-  // Parts of at least gemm_min_task_rows rows and nc columns (packing amortized over them), or of
-  // a quarter of that when those give fewer than min(want, 4) tasks.
+  // k block: tn column parts read A tn times, tm row parts read B tm times. Parts of at least
+  // gemm_min_task_rows rows and nc columns (packing amortized over them), as many as `want`; when
+  // those give fewer than min(want, 4) tasks and the executor may run them in parallel, parts down
+  // to a quarter of that size, just enough of them for 4 tasks. Among the grids with the most
+  // tasks up to that target, the one that reads the least.
   const gemm_blocking bl = blocking_for<K::MR, K::NR>(p.k, p.ta == transpose::yes);
   std::size_t row_max = std::max<std::size_t>(1, p.m / gemm_min_task_rows);
   std::size_t col_max = std::max<std::size_t>(1, p.n / bl.nc);
-  if (row_max * col_max < std::min<std::size_t>(want, 4)) {
+  std::size_t target = want;
+  if (parallel && row_max * col_max < std::min<std::size_t>(want, 4)) {
+    target = std::min<std::size_t>(want, 4);
     row_max = std::max<std::size_t>(1, p.m / (gemm_min_task_rows / 4));
     col_max = std::max<std::size_t>(1, p.n / std::max(bl.nc / 4, K::NR));
   }
   std::size_t best_tasks = 0;
   double best_cost = 0.0;
-  for (std::size_t tn = 1; tn <= std::min(want, col_max); ++tn) {
-    const std::size_t tm = std::min((want + tn - 1) / tn, row_max);
-    const std::size_t tasks = std::min(tm * tn, want);
+  for (std::size_t tn = 1; tn <= std::min(target, col_max); ++tn) {
+    const std::size_t tm = std::min((target + tn - 1) / tn, row_max);
+    const std::size_t tasks = std::min(tm * tn, target);
     const double cost = static_cast<double>(tn) * m * k + static_cast<double>(tm) * k * n;
     if (tasks > best_tasks || (tasks == best_tasks && cost < best_cost)) {
       best_tasks = tasks;
@@ -557,11 +567,20 @@ inline std::pair<std::size_t, std::size_t> part(std::size_t total, std::size_t p
   return quant::detail::split_rows(total, parts, i, align);
 }
 
+/// False when exec certainly runs its tasks one after the other (the inline executor, a pool of
+/// one thread).
+template <class Exec>
+bool may_run_parallel(const Exec& exec) noexcept {
+  if constexpr (std::is_same_v<std::remove_cvref_t<Exec>, inline_executor>) return false;
+  else if constexpr (requires { exec.size(); }) return exec.size() > 1;
+  else return true;
+}
+
 /// gemm without the argument check.
 template <class Exec>
 void gemm_run(const gemm_problem& p, Exec& exec) {
   if (p.m == 0 || p.n == 0) return;
-  const gemm_split s = split_for(p);
+  const gemm_split s = split_for(p, may_run_parallel(exec));
   if (s.tasks() <= 1) return gemm_serial(p);
   exec(s.tasks(), [&](std::size_t t) {
     const auto [i0, i1] = part(p.m, s.tm, t % s.tm, s.row_align);
