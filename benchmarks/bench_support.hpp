@@ -31,6 +31,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <new>
 #include <span>
@@ -49,6 +50,7 @@
 #endif
 
 #include <quant/quant.hpp>
+#include <xsimd/xsimd.hpp>
 
 #ifdef QUANT_BENCH_HAVE_OPENBLAS
 #include <cblas.h>
@@ -747,6 +749,74 @@ inline bool all_finite(std::span<const float> v) noexcept {
   for (const float f : v)
     if (!std::isfinite(f)) return false;
   return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Executors and the FMA peak
+
+/// Thread pools, one per thread count > 1, shared by every measurement of a program so that each
+/// runs on the same persistent threads.
+class pools {
+ public:
+  quant::thread_pool& get(std::size_t threads) {
+    auto& p = pools_[threads];
+    if (!p) p = std::make_unique<quant::thread_pool>(threads);
+    return *p;
+  }
+
+ private:
+  std::map<std::size_t, std::unique_ptr<quant::thread_pool>> pools_;
+};
+
+/// Runs fn(exec) with exec = the inline executor for one thread, the pool otherwise.
+template <class Fn>
+decltype(auto) with_executor(pools& ps, std::size_t threads, Fn&& fn) {
+  if (threads <= 1) {
+    quant::inline_executor inl;
+    return fn(inl);
+  }
+  return fn(ps.get(threads));
+}
+
+/// `iters` steps of 16 independent FMA chains on the build's widest float vectors, registers
+/// only; returns a checksum.
+__attribute__((noinline)) inline float fma_chains(std::size_t iters, float seed) {
+  using batch = xsimd::batch<float>;
+  constexpr std::size_t chains = 16;
+  batch acc[chains];
+  for (std::size_t i = 0; i < chains; ++i) acc[i] = batch(seed + 1e-3f * static_cast<float>(i));
+  const batch x(0.999999f), y(1e-7f);
+  for (std::size_t it = 0; it < iters; ++it)
+    for (std::size_t i = 0; i < chains; ++i) acc[i] = xsimd::fma(acc[i], x, y);
+  batch s = acc[0];
+  for (std::size_t i = 1; i < chains; ++i) s = xsimd::fma(acc[i], x, s);
+  return xsimd::hadd(s);
+}
+
+/// fp32 FMA peak in GFLOP/s of `threads` threads running fma_chains at once (best of `runs` runs
+/// of >= 0.1 s): what "fraction of peak" divides by.
+inline double fma_peak(pools& ps, std::size_t threads, int runs = 4) {
+  const double flops_per_iter = 16.0 * 2.0 * static_cast<double>(xsimd::batch<float>::size);
+  static std::size_t iters = 1u << 20;  // grown until a run lasts 0.1 s, then kept
+  double best = 0.0;
+  for (int run = 0; run < runs; ++run) {
+    std::vector<float> out(threads * 16, 0.0f);
+    const auto t0 = clock::now();
+    with_executor(ps, threads, [&](auto& exec) {
+      exec(threads, [&](std::size_t i) { out[i * 16] = fma_chains(iters, 1.0f + static_cast<float>(i)); });
+    });
+    const double dt = seconds_since(t0);
+    float s = 0.0f;
+    for (const float v : out) s += v;
+    consume(static_cast<std::uint64_t>(s));
+    if (dt < 0.1) {
+      iters *= 2;
+      --run;  // too short to count
+      continue;
+    }
+    best = std::max(best, flops_per_iter * static_cast<double>(iters) * static_cast<double>(threads) / dt / 1e9);
+  }
+  return best;
 }
 
 }  // namespace bench

@@ -79,76 +79,8 @@ options parse(int argc, char** argv) {
   return o;
 }
 
-/// Thread pools, one per thread count > 1.
-class pools {
- public:
-  quant::thread_pool& get(std::size_t threads) {
-    auto& p = pools_[threads];
-    if (!p) p = std::make_unique<quant::thread_pool>(threads);
-    return *p;
-  }
-
- private:
-  std::map<std::size_t, std::unique_ptr<quant::thread_pool>> pools_;
-};
-
-/// Runs fn(exec): the inline executor for one thread, the pool otherwise.
-template <class Fn>
-decltype(auto) with_executor(pools& ps, std::size_t threads, Fn&& fn) {
-  if (threads <= 1) {
-    quant::inline_executor inl;
-    return fn(inl);
-  }
-  return fn(ps.get(threads));
-}
-
-// ------------------------------------------------------------------------------------------------
-// FMA peak
-
-/// `iters` steps of 16 independent FMA chains on quant's vectors; returns a checksum.
-QUANT_LA_NOINLINE float fma_chains(std::size_t iters, float seed) {
-  using V = quant::linalg::detail::gemm_default::V;
-  using f = V::f;
-  constexpr std::size_t chains = 16;
-  f acc[chains];
-  quant::linalg::detail::static_for<chains>([&](auto i) { acc[i] = V::set1(seed + 1e-3f * static_cast<float>(i())); });
-  const f x = V::set1(0.999999f), y = V::set1(1e-7f);
-  for (std::size_t it = 0; it < iters; ++it)
-    quant::linalg::detail::static_for<chains>([&](auto i) { acc[i] = V::fmadd(acc[i], x, y); });
-  alignas(64) float out[V::n];
-  f s = acc[0];
-  quant::linalg::detail::static_for<chains - 1>([&](auto i) { s = V::fmadd(acc[i + 1], x, s); });
-  V::store(out, s);
-  float t = 0.0f;
-  for (const float v : out) t += v;
-  return t;
-}
-
-/// GFLOP/s of `threads` threads running fma_chains at once (best of `runs` runs of >= 0.1 s).
-double measure_peak(pools& ps, std::size_t threads, int runs = 4) {
-  using V = quant::linalg::detail::gemm_default::V;
-  const double flops_per_iter = 16.0 * 2.0 * static_cast<double>(V::n);
-  static std::size_t iters = 1u << 20;  // grown until a run lasts 0.1 s, then kept
-  double best = 0.0;
-  for (int run = 0; run < runs; ++run) {
-    std::vector<float> sink(threads * 16, 0.0f);
-    const auto t0 = bench::clock::now();
-    with_executor(ps, threads, [&](auto& exec) {
-      exec(threads, [&](std::size_t i) { sink[i * 16] = fma_chains(iters, 1.0f + static_cast<float>(i)); });
-    });
-    const double dt = bench::seconds_since(t0);
-    float s = 0.0f;
-    for (const float v : sink) s += v;
-    bench::consume(static_cast<std::uint64_t>(s));
-    if (dt < 0.1) {
-      iters *= 2;
-      --run;  // too short to count
-      continue;
-    }
-    best = std::max(best, flops_per_iter * static_cast<double>(iters) * static_cast<double>(threads) / dt / 1e9);
-  }
-  return best;
-}
+using bench::pools;
+using bench::with_executor;
 
 // ------------------------------------------------------------------------------------------------
 // Timing: median of the call alone (set-up of in-place inputs untimed)
@@ -209,7 +141,7 @@ std::map<std::size_t, double> run_gemm(const gemm_case& gc, const options& o, po
   const std::string name = fmt::format("{} {}x{}x{}", t ? "TN" : "NN", m, n, k);
   const double flops = 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
   for (const std::size_t threads : o.threads) {
-    const double peak = measure_peak(ps, threads);
+    const double peak = bench::fma_peak(ps, threads);
     const bench::timing tq = with_executor(ps, threads, [&](auto& exec) {
       return time_calls([] {}, [&] { quant::linalg::gemm(p, exec); }, o);
     });
@@ -271,7 +203,7 @@ void run_factorization(bool inverse, const options& o, pools& ps, const std::map
   const double flops = (inverse ? 2.0 : 1.0) * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(n) / 3.0;
   const std::string name = fmt::format("{} {}", inverse ? "inverse_upper_factor" : "cholesky_lower", n);
   for (const std::size_t threads : o.threads) {
-    const double peak = measure_peak(ps, threads);
+    const double peak = bench::fma_peak(ps, threads);
     std::size_t result = 0;
     const bench::timing t = with_executor(ps, threads, [&](auto& exec) {
       return time_calls([&] { std::memcpy(work.data(), h.data(), h.bytes()); },
@@ -303,7 +235,7 @@ int main(int argc, char** argv) {
     for (const std::size_t t : o.threads)
       fmt::print("fp32 FMA peak, {} thread{}: {:.1f} GFLOP/s (16 independent chains, registers only; measured "
                  "again before every row)\n",
-                 t, t == 1 ? "" : "s", measure_peak(ps, t, 8));
+                 t, t == 1 ? "" : "s", bench::fma_peak(ps, t, 8));
     fmt::print("timing: median per call over >= {} calls and >= {} s, after one warm-up call; ", o.min_reps,
                o.min_time);
     fmt::print("GFLOP/s and the fractions are from the median; min = the fastest call\n\n");

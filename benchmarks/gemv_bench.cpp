@@ -217,29 +217,8 @@ class table {
 // ---------------------------------------------------------------------------------------------
 // The benchmark
 
-/// Thread pools, one per thread count > 1, shared by every kernel so that each runs on the
-/// same persistent threads.
-class pools {
- public:
-  quant::thread_pool& get(std::size_t threads) {
-    auto& p = pools_[threads];
-    if (!p) p = std::make_unique<quant::thread_pool>(threads);
-    return *p;
-  }
-
- private:
-  std::map<std::size_t, std::unique_ptr<quant::thread_pool>> pools_;
-};
-
-/// Runs fn(exec) with exec = the inline executor for one thread, the pool otherwise.
-template <class Fn>
-decltype(auto) with_executor(pools& ps, std::size_t threads, Fn&& fn) {
-  if (threads <= 1) {
-    quant::inline_executor inl;
-    return fn(inl);
-  }
-  return fn(ps.get(threads));
-}
+using bench::pools;
+using bench::with_executor;
 
 /// quant::gemv on a tensor with the given mode on `threads` threads (the plain call for one).
 template <class T, class Mode>

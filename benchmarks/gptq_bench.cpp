@@ -18,8 +18,6 @@
 #include <string>
 #include <vector>
 
-#include <xsimd/xsimd.hpp>
-
 #include "bench_support.hpp"
 
 #if defined(QUANT_BENCH_HAVE_OPENBLAS)
@@ -31,35 +29,6 @@ namespace {
 struct shape {
   std::size_t rows, cols;
 };
-
-/// Peak fp32 FMA throughput of one thread: 12 independent accumulator chains.
-double fma_peak_one(double seconds) {
-  using batch = xsimd::batch<float>;
-  batch a[12];
-  for (int i = 0; i < 12; ++i) a[i] = batch(1.0f + 1e-7f * static_cast<float>(i));
-  const batch m(0.999999f), c(1e-7f);
-  std::size_t iters = 0;
-  const auto t0 = bench::clock::now();
-  double dt = 0.0;
-  do {
-    for (int k = 0; k < 4096; ++k)
-      for (int i = 0; i < 12; ++i) a[i] = xsimd::fma(a[i], m, c);
-    iters += 4096;
-    dt = bench::seconds_since(t0);
-  } while (dt < seconds);
-  float s = 0.0f;
-  for (int i = 0; i < 12; ++i) s += xsimd::hadd(a[i]);
-  bench::consume(static_cast<std::uint64_t>(s));
-  return 2.0 * 12.0 * static_cast<double>(batch::size) * static_cast<double>(iters) / dt;
-}
-
-double fma_peak(quant::thread_pool& pool, double seconds) {
-  std::vector<double> r(pool.size());
-  pool(pool.size(), [&](std::size_t i) { r[i] = fma_peak_one(seconds); });
-  double s = 0.0;
-  for (double v : r) s += v;
-  return s;
-}
 
 std::vector<float> weights(std::size_t rows, std::size_t cols, std::uint64_t seed) {
   std::vector<float> w(rows * cols);
@@ -119,6 +88,7 @@ int main(int argc, char** argv) try {
              quant::active_isa_name(), bench::have_openblas() ? ", OpenBLAS " + bench::openblas_description() : "");
   fmt::print("{:<11} {:>3} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9}\n", "shape", "thr", "peak GF/s",
              "H s", "H GF/s", "factor s", "pass s", "update s", "upd GF/s", "of peak", "total s");
+  bench::pools ps;
   for (const shape& sh : shapes) {
     const auto w = weights(sh.rows, sh.cols, 1);
     // activations: low-rank + noise with 1% outlier channels
@@ -134,7 +104,7 @@ int main(int argc, char** argv) try {
     }
     for (std::size_t th : threads) {
       quant::thread_pool pool(th);
-      const double peak = fma_peak(pool, quick ? 0.05 : 0.3);
+      const double peak = bench::fma_peak(ps, th, quick ? 1 : 4) * 1e9;
       quant::gptq::hessian_accumulator acc(sh.cols);
       const auto t0 = bench::clock::now();
       acc.add(quant::matrix_view<const float>(x.data(), tokens, sh.cols), pool);

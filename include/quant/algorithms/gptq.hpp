@@ -126,9 +126,10 @@ void accumulate_hessian(std::span<float> h, std::size_t& tokens, matrix_view<con
   if (h.size() != cols * cols)
     quant::detail::fail(who, ": h has ", h.size(), " elements, expected cols * cols = ", cols * cols, " for x with ", cols,
                  " columns");
-  for (std::size_t r = 0; r < x.rows(); ++r)
-    for (std::size_t c = 0; c < cols; ++c)
-      if (!std::isfinite(x(r, c))) quant::detail::fail(who, ": x(", r, ", ", c, ") = ", x(r, c), "; activations must be finite");
+  if (!quant::detail::all_finite<default_isa>(x))  // the SIMD check; the loop only names the culprit
+    for (std::size_t r = 0; r < x.rows(); ++r)
+      for (std::size_t c = 0; c < cols; ++c)
+        if (!std::isfinite(x(r, c))) quant::detail::fail(who, ": x(", r, ", ", c, ") = ", x(r, c), "; activations must be finite");
   const double n = static_cast<double>(tokens), t = static_cast<double>(x.rows());
   const linalg::gemm_problem p{linalg::transpose::yes,
                                cols,
@@ -175,32 +176,32 @@ class hessian_accumulator {
 
 namespace detail {
 
-inline constexpr std::size_t align64(std::size_t n) noexcept { return (n + 63) / 64 * 64; }
-
-/// Where each piece of the workspace lives.
-struct layout {
-  std::size_t work = 0, factor = 0, errors = 0, order = 0, zeros = 0, loss = 0, row = 0, total = 0;
-  bool own_work = true;
+/// The pieces of the workspace, carved in order by workspace_carver (kernels/activations.hpp);
+/// with a null base only the size is counted.
+struct buffers {
+  float* work = nullptr;           ///< rows x cols working copy (none in place)
+  float* factor = nullptr;         ///< cols x cols: H, then its factor U
+  float* errors = nullptr;         ///< rows x block scaled errors of the current block
+  std::uint32_t* perm = nullptr;   ///< the processing order
+  std::uint8_t* zeros = nullptr;   ///< one zero point per scale, packed at the end
+  double* loss = nullptr;          ///< per row
+  float* row = nullptr;            ///< one row of scratch
+  std::size_t bytes = 0;
 };
 
-inline layout layout_for(std::size_t rows, std::size_t cols, std::size_t block, std::size_t scale_count, bool own_work) {
-  layout l;
-  l.own_work = own_work;
-  std::size_t at = 0;
-  auto take = [&](std::size_t bytes) {
-    const std::size_t p = at;
-    at += align64(bytes);
-    return p;
-  };
-  l.work = take(own_work ? rows * cols * sizeof(float) : 0);
-  l.factor = take(cols * cols * sizeof(float));
-  l.errors = take(rows * block * sizeof(float));
-  l.order = take(cols * sizeof(std::uint32_t));
-  l.zeros = take(scale_count);
-  l.loss = take(rows * sizeof(double));
-  l.row = take(cols * sizeof(float));
-  l.total = at;
-  return l;
+inline buffers carve(std::byte* base, std::size_t rows, std::size_t cols, std::size_t block, std::size_t scale_count,
+                     bool own_work) noexcept {
+  quant::detail::workspace_carver c{base};
+  buffers b;
+  b.work = c.take<float>(own_work ? rows * cols : 0);
+  b.factor = c.take<float>(cols * cols);
+  b.errors = c.take<float>(rows * block);
+  b.perm = c.take<std::uint32_t>(cols);
+  b.zeros = c.take<std::uint8_t>(scale_count);
+  b.loss = c.take<double>(rows);
+  b.row = c.take<float>(cols);
+  b.bytes = c.used;
+  return b;
 }
 
 template <class F, class Gran>
@@ -217,7 +218,7 @@ std::size_t workspace_size(std::size_t rows, std::size_t cols, const Gran& gran 
                            bool in_place = false) {
   if (o.block_size == 0) quant::detail::fail("quant::gptq::workspace_size: block_size is 0");
   const std::size_t block = std::min(o.block_size, cols);
-  return detail::layout_for(rows, cols, block, detail::scale_count_of<F>(rows, cols, gran), !in_place).total;
+  return detail::carve(nullptr, rows, cols, block, detail::scale_count_of<F>(rows, cols, gran), !in_place).bytes;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -237,8 +238,7 @@ QUANT_ALWAYS_INLINE void axpy_sub(float* w, const float* u, float e, std::size_t
 
 template <class F, class Gran, class Exec>
 report run(matrix_view<const float> w_in, float* work, std::size_t ldw, std::span<const float> hessian,
-           tensor_view<F, Gran> out, std::byte* ws, const layout& l, const options& o, Exec& exec,
-           bool work_holds_w) {
+           tensor_view<F, Gran> out, const buffers& b, const options& o, Exec& exec, bool work_holds_w) {
   using Fmt = std::remove_const_t<F>;
   using Scale = typename Gran::scale_type;
   constexpr bool asym = Gran::is_asymmetric;
@@ -250,12 +250,12 @@ report run(matrix_view<const float> w_in, float* work, std::size_t ldw, std::spa
   const bool permuted_out = out.permuted();
   const bool grouped = Gran::kind == granularity_kind::group;
 
-  float* u = reinterpret_cast<float*>(ws + l.factor);
-  float* errs = reinterpret_cast<float*>(ws + l.errors);
-  auto* perm = reinterpret_cast<std::uint32_t*>(ws + l.order);
-  auto* zero_codes = reinterpret_cast<std::uint8_t*>(ws + l.zeros);
-  auto* loss_rows = reinterpret_cast<double*>(ws + l.loss);
-  float* rowbuf = reinterpret_cast<float*>(ws + l.row);
+  float* const u = b.factor;
+  float* const errs = b.errors;
+  std::uint32_t* const perm = b.perm;
+  std::uint8_t* const zero_codes = b.zeros;
+  double* const loss_rows = b.loss;
+  float* const rowbuf = b.row;
 
   report rep;
   using clock = std::chrono::steady_clock;
@@ -451,10 +451,10 @@ report quantize(matrix_view<const float> w, std::span<const float> hessian, tens
   const char* who = "quant::gptq::quantize";
   detail::check_args(w, hessian, out, o, who);
   const std::size_t block = std::min(o.block_size, w.cols());
-  const detail::layout l = detail::layout_for(w.rows(), w.cols(), block, out.grid().count(), true);
-  detail::check_ws(workspace, l.total, who);
-  float* work = reinterpret_cast<float*>(workspace.data() + l.work);
-  return detail::run(w, work, w.cols(), hessian, out, workspace.data(), l, o, exec, false);
+  const std::size_t need = detail::carve(nullptr, w.rows(), w.cols(), block, out.grid().count(), true).bytes;
+  detail::check_ws(workspace, need, who);
+  const detail::buffers b = detail::carve(workspace.data(), w.rows(), w.cols(), block, out.grid().count(), true);
+  return detail::run(w, b.work, w.cols(), hessian, out, b, o, exec, false);
 }
 
 /// The same with w as the working buffer (no rows x cols copy in the workspace): on return w
@@ -469,16 +469,15 @@ report quantize_in_place(matrix_view<float> w, std::span<const float> hessian, t
   const matrix_view<const float> wc(w.data(), w.rows(), w.cols(), w.ld());
   detail::check_args(wc, hessian, out, o, who);
   const std::size_t block = std::min(o.block_size, w.cols());
-  const detail::layout l = detail::layout_for(w.rows(), w.cols(), block, out.grid().count(), false);
-  detail::check_ws(workspace, l.total, who);
-  const report rep = detail::run(wc, w.data(), w.ld(), hessian, out, workspace.data(), l, o, exec, true);
+  const std::size_t need = detail::carve(nullptr, w.rows(), w.cols(), block, out.grid().count(), false).bytes;
+  detail::check_ws(workspace, need, who);
+  const detail::buffers b = detail::carve(workspace.data(), w.rows(), w.cols(), block, out.grid().count(), false);
+  const report rep = detail::run(wc, w.data(), w.ld(), hessian, out, b, o, exec, true);
   // The working copy holds the dequantized weights in processing order: back to natural order.
-  auto* perm = reinterpret_cast<const std::uint32_t*>(workspace.data() + l.order);
-  float* rowbuf = reinterpret_cast<float*>(workspace.data() + l.row);
   for (std::size_t r = 0; r < w.rows(); ++r) {
     float* wr = w.data() + r * w.ld();
-    std::memcpy(rowbuf, wr, w.cols() * sizeof(float));
-    for (std::size_t i = 0; i < w.cols(); ++i) wr[perm[i]] = rowbuf[i];
+    std::memcpy(b.row, wr, w.cols() * sizeof(float));
+    for (std::size_t i = 0; i < w.cols(); ++i) wr[b.perm[i]] = b.row[i];
   }
   return rep;
 }
@@ -490,8 +489,9 @@ tensor<F, Gran> quantize(matrix_view<const float> w, std::span<const float> hess
                          const options& o = {}, Exec&& exec = {}, report* rep = nullptr) {
   if (w.empty()) quant::detail::fail("quant::gptq::quantize: w is empty (", w.rows(), " x ", w.cols(), ")");
   tensor<F, Gran> t(w.rows(), w.cols(), gran, output_order<Gran>(o));
-  quant::detail::heap_workspace ws(workspace_size<F>(w.rows(), w.cols(), gran, o));
-  const report r = quantize(w, hessian, t.view(), std::span<std::byte>(ws.p, workspace_size<F>(w.rows(), w.cols(), gran, o)), o, exec);
+  const std::size_t bytes = workspace_size<F>(w.rows(), w.cols(), gran, o);
+  quant::detail::heap_workspace ws(bytes);
+  const report r = quantize(w, hessian, t.view(), std::span<std::byte>(ws.p, bytes), o, exec);
   if (rep) *rep = r;
   return t;
 }
