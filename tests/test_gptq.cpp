@@ -471,3 +471,28 @@ TEST_CASE("gptq small exact cases: a diagonal Hessian is round-to-nearest; two c
   CHECK(t.cview().value(0, 1) == qd(b2));
   CHECK(qd(b2) != qd(b));  // the case moves b to another code: the update is what is tested
 }
+
+TEST_CASE("gptq::output_error is the relative error on the calibration tokens, from the Hessian alone") {
+  const layer l = make_layer(200, 96, 400, 8, 31);  // 200 rows: one full 128-row block and a partial one
+  const per_group<32, asymmetric> gran;
+  const auto g = gptq::quantize<int4>(matrix_view<const float>(l.w.data(), l.rows, l.cols), l.h, gran);
+  const auto r = quantize<int4>(matrix_view<const float>(l.w.data(), l.rows, l.cols), gran);
+  const matrix_view<const float> w(l.w.data(), l.rows, l.cols);
+  for (const auto& [name, q] : {std::pair{"gptq", dequantized(g)}, std::pair{"rtn", dequantized(r)}}) {
+    const double direct = output_error(l, q, l.xc);  // from the tokens, in double
+    const double from_h = gptq::output_error(w, matrix_view<const float>(q.data(), l.rows, l.cols), l.h);
+    INFO(name, ": from tokens ", direct * direct, ", from H ", from_h);
+    CHECK(from_h == doctest::Approx(direct * direct).epsilon(1e-4));
+  }
+  CHECK(gptq::output_error(w, g, l.h, thread_pool(2)) < gptq::output_error(w, r, l.h));
+  CHECK(gptq::output_error(w, w, l.h) == 0.0);
+  std::atomic<int> hooked{0};
+  (void)gptq::output_error(w, r, l.h, inline_executor{}, [&](const linalg::gemm_problem& p) {
+    ++hooked;
+    linalg::gemm(p);
+  });
+  CHECK(hooked == 2);
+  CHECK_THROWS_AS(gptq::output_error(w, matrix_view<const float>(l.w.data(), l.rows - 1, l.cols), l.h), quant::error);
+  CHECK_THROWS_WITH_AS(gptq::output_error(w, w, std::span<const float>(l.h.data(), l.h.size() - 1)),
+                       doctest::Contains("hessian has"), quant::error);
+}
