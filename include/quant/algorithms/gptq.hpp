@@ -351,38 +351,49 @@ report run(matrix_view<const float> w_in, float* work, std::size_t ldw, std::spa
     const auto t_pass = clock::now();
     exec(tasks, [&](std::size_t t) {
       const auto [r0, r1] = quant::detail::split_rows(rows, tasks, t);
-      for (std::size_t r = r0; r < r1; ++r) {
-        float* wr = work + r * ldw;
-        float* er = errs + r * block;
-        std::uint8_t* codes = out.row_codes(r);
-        double loss = 0.0;
-        block_params<Scale> p{};
-        std::size_t current_k = static_cast<std::size_t>(-1);
+      // Rows in tiles, column by column across the tile: each row's column steps form one long
+      // dependency chain (quantize, error, update of its next weights), and interleaving the
+      // independent chains of several rows keeps the core busy. Per row, the same operations in
+      // the same order as one row at a time.
+      constexpr std::size_t tile = 8;
+      for (std::size_t rt = r0; rt < r1; rt += tile) {
+        const std::size_t nt = std::min(tile, r1 - rt);
+        block_params<Scale> p[tile]{};
+        std::size_t current_k[tile];
+        double loss[tile];
+        for (std::size_t j = 0; j < nt; ++j) current_k[j] = static_cast<std::size_t>(-1), loss[j] = 0.0;
         for (std::size_t i = i1; i < i2; ++i) {
-          std::size_t k;
-          if (g.single) k = 0;
-          else if (!fit_in_pass) k = g.index(r, perm[i] / g.group);
-          else {
-            const std::size_t gi = i / g.group;
-            k = g.index(r, gi);
-            if (i == g.group_begin(gi)) {
-              const std::size_t c1 = g.group_end(gi);
-              store_params(k, fit_block<Fmt, asym, Scale>(matrix_view<const float>(wr + i, 1, c1 - i), o.fit));
-            }
-          }
-          if (k != current_k) p = params_at(k), current_k = k;
-          const float wv = wr[i];
-          const std::uint8_t code = quant::detail::quantize_value<Fmt, asym>(wv, p.scale, p.zero);
-          const float q = quant::detail::dequantize_value<Fmt, asym>(code, p.scale, p.zero);
-          write_code(codes, permuted_out ? i : perm[i], bits, code);
           const float d = u[i * cols + i];
-          const float e = (wv - q) / d;
-          loss += static_cast<double>(e) * e;
-          er[i - i1] = e;
-          wr[i] = q;
-          axpy_sub(wr + i + 1, u + i * cols + i + 1, e, i2 - i - 1);
+          const float* ui = u + i * cols + i + 1;
+          const std::size_t rest = i2 - i - 1;
+          const std::size_t code_col = permuted_out ? i : perm[i];
+          for (std::size_t j = 0; j < nt; ++j) {
+            const std::size_t r = rt + j;
+            float* wr = work + r * ldw;
+            std::size_t k;
+            if (g.single) k = 0;
+            else if (!fit_in_pass) k = g.index(r, perm[i] / g.group);
+            else {
+              const std::size_t gi = i / g.group;
+              k = g.index(r, gi);
+              if (i == g.group_begin(gi)) {
+                const std::size_t c1 = g.group_end(gi);
+                store_params(k, fit_block<Fmt, asym, Scale>(matrix_view<const float>(wr + i, 1, c1 - i), o.fit));
+              }
+            }
+            if (k != current_k[j]) p[j] = params_at(k), current_k[j] = k;
+            const float wv = wr[i];
+            const std::uint8_t code = quant::detail::quantize_value<Fmt, asym>(wv, p[j].scale, p[j].zero);
+            const float q = quant::detail::dequantize_value<Fmt, asym>(code, p[j].scale, p[j].zero);
+            write_code(out.row_codes(r), code_col, bits, code);
+            const float e = (wv - q) / d;
+            loss[j] += static_cast<double>(e) * e;
+            errs[r * block + (i - i1)] = e;
+            wr[i] = q;
+            axpy_sub(wr + i + 1, ui, e, rest);
+          }
         }
-        loss_rows[r] += loss / 2.0;
+        for (std::size_t j = 0; j < nt; ++j) loss_rows[rt + j] += loss[j] / 2.0;
       }
     });
     rep.pass_seconds += seconds_since(t_pass);
