@@ -8,11 +8,14 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <vector>
 
 #include <quant/algorithms/gptq.hpp>
 #include <quant/quant.hpp>
 
+#include "llama2c/calibrate.hpp"
+#include "llama2c/llama2c.hpp"
 #include "test_support.hpp"
 #include "user_formats.hpp"
 
@@ -415,30 +418,62 @@ TEST_CASE("gptq rejects bad input before writing anything") {
   CHECK_THROWS_WITH_AS(gptq::quantize(w, l.h, other.view(), span), doctest::Contains("w is 8 x 64 but out is 8 x 65"), error);
 }
 
-TEST_CASE("gptq on the layers of a real checkpoint (stories260K)") {
-  const auto path = qt::models_dir() / "stories260K.bin";
-  const auto linears = qt::load_llama2c_linears(path);
-  if (!linears) {
-    MESSAGE("skipped: ", path.string(), " not found");
+TEST_CASE("gptq lowers every real layer's output error on real held-out activations (stories260K)") {
+  const auto dir = qt::models_dir();
+  if (!std::filesystem::exists(dir / "stories260K.bin") || !std::filesystem::exists(dir / "tok512.bin") ||
+      !std::filesystem::exists(dir / "tinystories_valid.txt")) {
+    MESSAGE("skipped: the llama2.c checkpoint, tokenizer or text is not in ", dir.string());
     return;
   }
-  // Real weights with synthetic realistic inputs (the end-to-end example calibrates on real
-  // activations): GPTQ must beat RTN on held-out tokens for every layer shape of the model.
-  for (const auto& m : *linears) {
-    if (m.name.find(".0") == std::string::npos) continue;  // layer 0 of each kind
-    layer l{m.rows, m.cols, 1024, 256, m.w, {}, {}, {}};
-    const auto x = qt::activations(l.calib + l.eval, l.cols, 77, 16);
-    l.xc.assign(x.begin(), x.begin() + static_cast<std::ptrdiff_t>(l.calib * l.cols));
-    l.xe.assign(x.begin() + static_cast<std::ptrdiff_t>(l.calib * l.cols), x.end());
-    gptq::hessian_accumulator acc(l.cols);
-    acc.add(matrix_view<const float>(l.xc.data(), l.calib, l.cols));
-    l.h.assign(acc.matrix().begin(), acc.matrix().end());
-    const per_group<dynamic_group, asymmetric> gran(32);
-    const auto t = gptq::quantize<int4>(matrix_view<const float>(l.w.data(), l.rows, l.cols), l.h, gran);
-    const double e = output_error(l, dequantized(t), l.xe), er = output_error(l, rtn(l, gran, int4{}), l.xe);
-    INFO(m.name, " ", m.rows, "x", m.cols, ": gptq ", e, " rtn ", er);
-    CHECK(e < 0.9 * er);
-  }
+  llama2c::model m = llama2c::model::load(dir / "stories260K.bin");
+  llama2c::tokenizer tok;
+  tok.load(dir / "tok512.bin", m.cfg().vocab_size);
+  const auto stories = llama2c::split_stories(llama2c::read_text(dir / "tinystories_valid.txt"));
+  // calibration and held-out tokens from different stories
+  const auto calib = llama2c::encode_stories(tok, stories, 200, 8, m.cfg().seq_len);
+  const auto eval = llama2c::encode_stories(tok, stories, 0, 4, m.cfg().seq_len);
+  REQUIRE(llama2c::token_count(calib) > 10 * m.cfg().hidden_dim);
+  // Sequential calibration with GPTQ int4 g32 asym; on the same real inputs, each linear is also
+  // quantized per-channel. Both must beat round-to-nearest of the same format on held-out tokens.
+  auto held_out = [](matrix_view<const float> w, const std::vector<float>& q, const llama2c::activations& x) {
+    gptq::hessian_accumulator h(x.cols);
+    h.add(x.view());
+    return gptq::output_error(w, matrix_view<const float>(q.data(), w.rows(), w.cols()), h.matrix());
+  };
+  std::size_t linears = 0;
+  double worst_g32 = 0.0, worst_pc = 0.0, log_g32 = 0.0, log_pc = 0.0;
+  llama2c::calibrate_sequential(m, calib, eval, false, [&](const llama2c::group_job& job) {
+    REQUIRE(job.calib.tokens == llama2c::token_count(calib));
+    REQUIRE(job.eval.tokens == llama2c::token_count(eval));
+    gptq::hessian_accumulator h(job.calib.cols);
+    h.add(job.calib.view());
+    for (llama2c::kind k : job.group.members) {
+      const auto w = job.m.source(job.layer, k);
+      auto g32 = gptq::quantize<int4>(w, h.matrix(), per_group<32, asymmetric>{});
+      const auto pc = gptq::quantize<int4>(w, h.matrix(), per_channel<asymmetric>{});
+      const double e32 = held_out(w, dequantized(g32), job.eval);
+      const double r32 = held_out(w, dequantized(quantize<int4>(w, per_group<32, asymmetric>{})), job.eval);
+      const double epc = held_out(w, dequantized(pc), job.eval);
+      const double rpc = held_out(w, dequantized(quantize<int4>(w, per_channel<asymmetric>{})), job.eval);
+      INFO(llama2c::name(k), ".", job.layer, ": g32 gptq ", e32, " rtn ", r32, "; per-channel gptq ", epc, " rtn ", rpc);
+      CHECK(e32 < r32);
+      CHECK(epc < rpc);
+      worst_g32 = std::max(worst_g32, e32 / r32);
+      worst_pc = std::max(worst_pc, epc / rpc);
+      log_g32 += std::log(e32 / r32);
+      log_pc += std::log(epc / rpc);
+      ++linears;
+      job.m.set(job.layer, k, std::make_unique<llama2c::quantized_linear<int4, per_group<32, asymmetric>>>(std::move(g32)));
+    }
+  });
+  CHECK(linears == 7 * m.cfg().n_layers);
+  const double mean_g32 = std::exp(log_g32 / static_cast<double>(linears));
+  const double mean_pc = std::exp(log_pc / static_cast<double>(linears));
+  MESSAGE("stories260K, real held-out activations, GPTQ / RTN output error over ", linears,
+          " linears: int4 g32 asym geometric mean ", mean_g32, ", worst ", worst_g32, "; int4 per-channel asym ",
+          mean_pc, ", worst ", worst_pc);
+  CHECK(mean_g32 < 0.85);  // measured 0.765 and 0.775 with these 8 calibration stories
+  CHECK(mean_pc < 0.85);
 }
 
 TEST_CASE("gptq small exact cases: a diagonal Hessian is round-to-nearest; two columns by hand") {

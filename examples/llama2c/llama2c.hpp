@@ -1,0 +1,870 @@
+// llama2c.hpp: a small llama2.c inference engine whose every linear layer runs through quant.
+//
+// It reads llama2.c "v0" checkpoints (the 7 x int32 header, then fp32 tensors) and their
+// tokenizers, and runs the llama2.c forward pass (RMSNorm, RoPE, grouped-query causal
+// attention, SiLU-gated FFN) one token at a time. Each of the 7 linear layers of each
+// transformer layer (wq, wk, wv, wo, w1, w2, w3) is a `linear` object: fp32 (`dense_linear`) or
+// any quant::tensor<F, Gran> with exact or fast GEMV (`quantized_linear`), chosen per layer. The
+// model keeps the fp32 source weights, so a caller can quantize every layer with any method
+// (round-to-nearest, GPTQ with inputs captured by state::capture, ...) and install the result.
+//
+//   auto m = llama2c::model::load("stories260K.bin");
+//   llama2c::tokenizer tok("tok512.bin", m.cfg().vocab_size);
+//   llama2c::quantize_all<quant::int4, quant::per_group<32, quant::asymmetric, quant::fp16>>(m);
+//   auto stories = llama2c::split_stories(llama2c::read_text("tinystories_valid.txt"));
+//   auto r = llama2c::perplexity(m, tok, stories, 0, 20);   // r.ppl
+//
+// Single-threaded; uses only the standard library and quant. Every error is a llama2c::error
+// (an std::runtime_error) or a quant::error whose message names the file or argument and values.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <span>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <quant/quant.hpp>
+
+namespace llama2c {
+
+// ---- errors -----------------------------------------------------------------------------------
+
+/// The exception every function of this header throws for bad files and bad arguments.
+class error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+namespace detail {
+template <class... Args>
+std::string cat(const Args&... args) {
+  std::ostringstream s;
+  (s << ... << args);
+  return s.str();
+}
+template <class... Args>
+[[noreturn]] void fail(const Args&... args) {
+  throw error(cat(args...));
+}
+/// a * b, throwing when it overflows 64 bits (sizes derived from an untrusted header).
+inline std::uint64_t mul(std::uint64_t a, std::uint64_t b, const std::string& file) {
+  if (a != 0 && b > std::numeric_limits<std::uint64_t>::max() / a)
+    fail(file, ": the checkpoint header describes a model too large to address");
+  return a * b;
+}
+inline std::uint64_t add(std::uint64_t a, std::uint64_t b, const std::string& file) {
+  if (b > std::numeric_limits<std::uint64_t>::max() - a)
+    fail(file, ": the checkpoint header describes a model too large to address");
+  return a + b;
+}
+}  // namespace detail
+
+// ---- configuration and fp32 weights ------------------------------------------------------------
+
+/// The hyperparameters of a llama2.c checkpoint (its 7 x int32 header).
+struct config {
+  std::size_t dim = 0;         ///< model width d
+  std::size_t hidden_dim = 0;  ///< FFN width h
+  std::size_t n_layers = 0;
+  std::size_t n_heads = 0;
+  std::size_t n_kv_heads = 0;  ///< K/V heads (grouped-query attention when < n_heads)
+  std::size_t vocab_size = 0;
+  std::size_t seq_len = 0;     ///< maximum context length
+  bool shared_classifier = true;  ///< the classifier is the token embedding (header vocab_size > 0)
+
+  /// dim / n_heads; the width of K and V (dim * n_kv_heads / n_heads); query heads per K/V head.
+  std::size_t head_size() const noexcept { return dim / n_heads; }
+  std::size_t kv_dim() const noexcept { return dim * n_kv_heads / n_heads; }
+  std::size_t kv_mul() const noexcept { return n_heads / n_kv_heads; }
+};
+
+/// The 7 linear layers of a transformer layer, in checkpoint order.
+enum class kind { wq, wk, wv, wo, w1, w2, w3 };
+/// Every kind, in checkpoint order.
+inline constexpr std::array<kind, 7> all_kinds = {kind::wq, kind::wk, kind::wv, kind::wo,
+                                                  kind::w1, kind::w2, kind::w3};
+/// "wq", "wk", "wv", "wo", "w1" (gate), "w2" (down), "w3" (up).
+constexpr std::string_view name(kind k) noexcept {
+  constexpr std::array<std::string_view, 7> names = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
+  return names[static_cast<std::size_t>(k)];
+}
+/// Output features (rows) of a linear of kind k.
+inline std::size_t rows_of(const config& c, kind k) noexcept {
+  switch (k) {
+    case kind::wk:
+    case kind::wv: return c.kv_dim();
+    case kind::w1:
+    case kind::w3: return c.hidden_dim;
+    default: return c.dim;
+  }
+}
+/// Input features (cols) of a linear of kind k.
+inline std::size_t cols_of(const config& c, kind k) noexcept { return k == kind::w2 ? c.hidden_dim : c.dim; }
+
+/// The fp32 tensors of a checkpoint, as stored: each linear kind holds all layers back to back
+/// (layer outermost), each matrix row-major [out][in] as a PyTorch nn.Linear weight.
+struct weights {
+  config cfg;
+  std::vector<float> token_embedding;  ///< vocab x dim
+  std::vector<float> rms_att;          ///< n_layers x dim
+  std::array<std::vector<float>, 7> linear;  ///< by kind: n_layers x rows_of(kind) x cols_of(kind)
+  std::vector<float> rms_ffn;          ///< n_layers x dim
+  std::vector<float> rms_final;        ///< dim
+  std::vector<float> wcls;             ///< vocab x dim; empty when the classifier is shared
+
+  /// The fp32 matrix of linear (layer, k). Throws llama2c::error for a layer out of range.
+  quant::matrix_view<const float> matrix(std::size_t layer, kind k) const {
+    if (layer >= cfg.n_layers) detail::fail("llama2c: layer ", layer, " out of range (n_layers = ", cfg.n_layers, ")");
+    const std::size_t r = rows_of(cfg, k), c = cols_of(cfg, k);
+    return {linear[static_cast<std::size_t>(k)].data() + layer * r * c, r, c};
+  }
+  /// The classifier matrix (vocab x dim): the token embedding when shared, else wcls.
+  quant::matrix_view<const float> classifier() const {
+    const auto& w = cfg.shared_classifier ? token_embedding : wcls;
+    return {w.data(), cfg.vocab_size, cfg.dim};
+  }
+};
+
+/// Checks a configuration read from a header: positive sizes, dim % n_heads == 0,
+/// n_heads % n_kv_heads == 0 and an even head size (RoPE rotates pairs). `who` names the file.
+inline void validate(const config& c, const std::string& who) {
+  auto positive = [&](std::size_t v, const char* what) {
+    if (v == 0) detail::fail(who, ": ", what, " must be positive, the header has 0");
+  };
+  positive(c.dim, "dim");
+  positive(c.hidden_dim, "hidden_dim");
+  positive(c.n_layers, "n_layers");
+  positive(c.n_heads, "n_heads");
+  positive(c.n_kv_heads, "n_kv_heads");
+  positive(c.vocab_size, "vocab_size");
+  positive(c.seq_len, "seq_len");
+  if (c.dim % c.n_heads != 0) detail::fail(who, ": dim = ", c.dim, " is not a multiple of n_heads = ", c.n_heads);
+  if (c.n_heads % c.n_kv_heads != 0)
+    detail::fail(who, ": n_heads = ", c.n_heads, " is not a multiple of n_kv_heads = ", c.n_kv_heads);
+  if (c.head_size() % 2 != 0)
+    detail::fail(who, ": head size dim / n_heads = ", c.head_size(), " is odd; RoPE rotates pairs of elements");
+}
+
+/// The exact size in bytes of a v0 checkpoint file with configuration c (the formula of the
+/// llama2.c layout: header, embedding, norms, linears, final norm, freq_cis tables, optional wcls).
+inline std::uint64_t checkpoint_bytes(const config& c, const std::string& who = "llama2c") {
+  using detail::add;
+  using detail::mul;
+  const std::uint64_t d = c.dim, h = c.hidden_dim, L = c.n_layers, V = c.vocab_size, kv = c.kv_dim();
+  std::uint64_t floats = mul(V, d, who);                            // token embedding
+  floats = add(floats, mul(L, d, who), who);                        // rms_att
+  floats = add(floats, mul(mul(L, d, who), d, who), who);           // wq
+  floats = add(floats, mul(mul(2 * L, kv, who), d, who), who);      // wk, wv
+  floats = add(floats, mul(mul(L, d, who), d, who), who);           // wo
+  floats = add(floats, mul(L, d, who), who);                        // rms_ffn
+  floats = add(floats, mul(mul(3 * L, d, who), h, who), who);       // w1, w2, w3
+  floats = add(floats, d, who);                                     // rms_final
+  floats = add(floats, mul(c.seq_len, c.head_size(), who), who);    // freq_cis real + imag
+  if (!c.shared_classifier) floats = add(floats, mul(V, d, who), who);  // wcls
+  return add(28, mul(floats, 4, who), who);
+}
+
+/// Reads a llama2.c v0 checkpoint into fp32 weights. Validates the header (see validate) and the
+/// exact file size against checkpoint_bytes; throws llama2c::error naming the file and the values.
+/// The freq_cis tables are skipped: forward computes RoPE on the fly.
+inline weights load_checkpoint(const std::filesystem::path& path) {
+  const std::string who = path.string();
+  std::error_code ec;
+  const std::uintmax_t actual = std::filesystem::file_size(path, ec);
+  if (ec) detail::fail(who, ": cannot open the checkpoint (", ec.message(), ")");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) detail::fail(who, ": cannot open the checkpoint for reading");
+  std::int32_t h[7];
+  if (actual < sizeof h || !in.read(reinterpret_cast<char*>(h), sizeof h))
+    detail::fail(who, ": file has ", actual, " bytes, too short for the 28-byte checkpoint header");
+  const char* names[7] = {"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"};
+  for (int i = 0; i < 7; ++i) {
+    const bool separate_classifier = i == 5 && h[i] < 0 && h[i] != std::numeric_limits<std::int32_t>::min();
+    if (h[i] <= 0 && !separate_classifier)
+      detail::fail(who, ": header field ", names[i], " = ", h[i], " must be positive",
+                   i == 5 ? " (or negative for a separate classifier)" : "");
+  }
+  weights w;
+  config& c = w.cfg;
+  c.dim = static_cast<std::size_t>(h[0]);
+  c.hidden_dim = static_cast<std::size_t>(h[1]);
+  c.n_layers = static_cast<std::size_t>(h[2]);
+  c.n_heads = static_cast<std::size_t>(h[3]);
+  c.n_kv_heads = static_cast<std::size_t>(h[4]);
+  c.shared_classifier = h[5] > 0;
+  c.vocab_size = static_cast<std::size_t>(h[5] > 0 ? h[5] : -h[5]);
+  c.seq_len = static_cast<std::size_t>(h[6]);
+  validate(c, who);
+  const std::uint64_t expected = checkpoint_bytes(c, who);
+  if (expected != actual)
+    detail::fail(who, ": file has ", actual, " bytes, but the header (dim ", c.dim, ", hidden_dim ", c.hidden_dim,
+                 ", n_layers ", c.n_layers, ", n_heads ", c.n_heads, ", n_kv_heads ", c.n_kv_heads, ", vocab_size ",
+                 h[5], ", seq_len ", c.seq_len, ") implies ", expected, " bytes");
+  auto read = [&](std::vector<float>& v, std::size_t n, std::string_view what) {
+    v.resize(n);
+    if (!in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(n * sizeof(float))))
+      detail::fail(who, ": read error in tensor ", what);
+    for (std::size_t i = 0; i < n; ++i)
+      if (!std::isfinite(v[i])) detail::fail(who, ": tensor ", what, " element ", i, " is not finite (", v[i], ")");
+  };
+  const std::size_t d = c.dim, L = c.n_layers;
+  read(w.token_embedding, c.vocab_size * d, "token_embedding");
+  read(w.rms_att, L * d, "rms_att");
+  for (kind k : {kind::wq, kind::wk, kind::wv, kind::wo})
+    read(w.linear[static_cast<std::size_t>(k)], L * rows_of(c, k) * cols_of(c, k), name(k));
+  read(w.rms_ffn, L * d, "rms_ffn");
+  for (kind k : {kind::w1, kind::w2, kind::w3})
+    read(w.linear[static_cast<std::size_t>(k)], L * rows_of(c, k) * cols_of(c, k), name(k));
+  read(w.rms_final, d, "rms_final");
+  in.seekg(static_cast<std::streamoff>(c.seq_len * c.head_size() * sizeof(float)), std::ios::cur);  // freq_cis
+  if (!c.shared_classifier) read(w.wcls, c.vocab_size * d, "wcls");
+  return w;
+}
+
+// ---- linear layers ----------------------------------------------------------------------------
+
+/// One linear layer y = W x (W: rows x cols), in whatever representation. forward takes x of
+/// cols() elements and writes y of rows() elements (separate buffers).
+struct linear {
+  virtual ~linear() = default;
+  /// y = W x. Throws llama2c::error (or quant::error) when x or y has the wrong length.
+  virtual void forward(std::span<const float> x, std::span<float> y) const = 0;
+  /// Bytes of the weights as stored (fp32: 4 per weight; quantized: codes + scales + zero points).
+  virtual std::size_t bytes() const = 0;
+  /// A one-line description, e.g. "fp32 [64 x 64]" or "int4 per_group<32, asym, f16> [64 x 64] fast".
+  virtual std::string describe() const = 0;
+  /// Output features (length of y) and input features (length of x).
+  virtual std::size_t rows() const = 0;
+  virtual std::size_t cols() const = 0;
+
+ protected:
+  void check_io(std::span<const float> x, std::span<float> y) const {
+    if (x.size() != cols() || y.size() != rows())
+      detail::fail("llama2c::linear::forward: x has ", x.size(), " elements and y ", y.size(), ", expected ", cols(),
+                   " and ", rows(), " for ", describe());
+  }
+};
+
+/// An fp32 linear layer, row-major. Owns its weights, or views weights the caller keeps alive
+/// (the model's own fp32 source weights).
+class dense_linear final : public linear {
+ public:
+  /// Owns w (rows x cols, row-major).
+  dense_linear(std::vector<float> w, std::size_t rows, std::size_t cols)
+      : owned_(std::move(w)), w_(owned_.data()), rows_(rows), cols_(cols) {
+    if (rows == 0 || cols == 0 || owned_.size() != rows * cols)
+      detail::fail("llama2c::dense_linear: ", owned_.size(), " weights for a ", rows, " x ", cols, " matrix");
+  }
+  /// Views w (contiguous rows: ld == cols), which must outlive this object.
+  explicit dense_linear(quant::matrix_view<const float> w) : w_(w.data()), rows_(w.rows()), cols_(w.cols()) {
+    if (w.empty() || w.ld() != w.cols())
+      detail::fail("llama2c::dense_linear: the view must be a non-empty contiguous matrix (", w.rows(), " x ",
+                   w.cols(), ", ld ", w.ld(), ")");
+  }
+  void forward(std::span<const float> x, std::span<float> y) const override {
+    check_io(x, y);
+    for (std::size_t r = 0; r < rows_; ++r) y[r] = dot(w_ + r * cols_, x.data(), cols_);
+  }
+  std::size_t bytes() const override { return rows_ * cols_ * sizeof(float); }
+  std::string describe() const override { return detail::cat("fp32 [", rows_, " x ", cols_, "]"); }
+  std::size_t rows() const override { return rows_; }
+  std::size_t cols() const override { return cols_; }
+
+  /// sum a[i] b[i] in float, in 8 interleaved partial sums (independent chains the compiler
+  /// can vectorize; the order of the sum is fixed, whatever the compiler does).
+  static float dot(const float* a, const float* b, std::size_t n) noexcept {
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      s0 += a[i] * b[i];
+      s1 += a[i + 1] * b[i + 1];
+      s2 += a[i + 2] * b[i + 2];
+      s3 += a[i + 3] * b[i + 3];
+      s4 += a[i + 4] * b[i + 4];
+      s5 += a[i + 5] * b[i + 5];
+      s6 += a[i + 6] * b[i + 6];
+      s7 += a[i + 7] * b[i + 7];
+    }
+    float tail = 0;
+    for (; i < n; ++i) tail += a[i] * b[i];
+    return (((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))) + tail;
+  }
+
+ private:
+  std::vector<float> owned_;
+  const float* w_ = nullptr;
+  std::size_t rows_ = 0, cols_ = 0;
+};
+
+/// Which quant::gemv mode a quantized layer runs: exact (fp32 activations) or fast (int8
+/// activations per block of 32, integer dot products).
+enum class gemv_mode { exact, fast };
+
+/// The name of a granularity, e.g. "per_channel<sym, f32>" or "per_group<32, asym, f16>".
+template <class Gran>
+std::string granularity_name(const Gran& g) {
+  const std::string_view sym = Gran::symmetry::name, scale = quant::scale_traits<typename Gran::scale_type>::name;
+  if constexpr (Gran::kind == quant::granularity_kind::tensor) return detail::cat("per_tensor<", sym, ", ", scale, ">");
+  else if constexpr (Gran::kind == quant::granularity_kind::channel)
+    return detail::cat("per_channel<", sym, ", ", scale, ">");
+  else return detail::cat("per_group<", g.group_size(), ", ", sym, ", ", scale, ">");
+}
+
+/// A linear layer held as a quant::tensor<F, Gran>, multiplied by quant::gemv in the given mode.
+template <class F, class Gran>
+class quantized_linear final : public linear {
+ public:
+  quantized_linear(quant::tensor<F, Gran> t, gemv_mode mode = gemv_mode::exact) : t_(std::move(t)), mode_(mode) {
+    if (t_.empty()) detail::fail("llama2c::quantized_linear: the tensor is empty");
+  }
+  void forward(std::span<const float> x, std::span<float> y) const override {
+    check_io(x, y);
+    if (mode_ == gemv_mode::fast) quant::gemv(t_, x, y, quant::fast);
+    else quant::gemv(t_, x, y);
+  }
+  std::size_t bytes() const override { return t_.bytes(); }
+  std::string describe() const override {
+    return detail::cat(quant::format_traits<F>::name, " ", granularity_name(t_.cview().granularity()), " [", rows(),
+                       " x ", cols(), "]", t_.permuted() ? " permuted" : "",
+                       mode_ == gemv_mode::fast ? " fast" : " exact");
+  }
+  std::size_t rows() const override { return t_.rows(); }
+  std::size_t cols() const override { return t_.cols(); }
+  /// The quantized weights and the GEMV mode forward uses.
+  const quant::tensor<F, Gran>& tensor() const noexcept { return t_; }
+  gemv_mode mode() const noexcept { return mode_; }
+
+ private:
+  quant::tensor<F, Gran> t_;
+  gemv_mode mode_;
+};
+
+/// Round-to-nearest quantization of w into a quantized_linear (quant::quantize<F, Gran>).
+template <class F, class Gran>
+std::unique_ptr<linear> make_quantized(quant::matrix_view<const float> w, gemv_mode mode = gemv_mode::exact,
+                                       const Gran& gran = Gran{}, const quant::quantize_options& options = {}) {
+  return std::make_unique<quantized_linear<F, Gran>>(quant::quantize<F, Gran>(w, gran, options), mode);
+}
+
+// ---- the model --------------------------------------------------------------------------------
+
+/// A llama2.c transformer: the fp32 weights plus one replaceable `linear` per (layer, kind) and
+/// a replaceable classifier. Initially every linear is fp32 and views the fp32 weights, which
+/// the model keeps (source()) so that callers can quantize layers and install the results.
+/// Movable, not copyable.
+class model {
+ public:
+  /// Takes the weights (checked against their config); every linear starts as a dense_linear
+  /// over them.
+  explicit model(weights w) : w_(std::move(w)) {
+    validate(w_.cfg, "llama2c::model");
+    const config& c = w_.cfg;
+    auto need = [&](const std::vector<float>& v, std::size_t n, std::string_view what) {
+      if (v.size() != n)
+        detail::fail("llama2c::model: tensor ", what, " has ", v.size(), " elements, the config needs ", n);
+    };
+    need(w_.token_embedding, c.vocab_size * c.dim, "token_embedding");
+    need(w_.rms_att, c.n_layers * c.dim, "rms_att");
+    need(w_.rms_ffn, c.n_layers * c.dim, "rms_ffn");
+    need(w_.rms_final, c.dim, "rms_final");
+    if (!c.shared_classifier) need(w_.wcls, c.vocab_size * c.dim, "wcls");
+    for (kind k : all_kinds)
+      need(w_.linear[static_cast<std::size_t>(k)], c.n_layers * rows_of(c, k) * cols_of(c, k), name(k));
+    reset_fp32();
+  }
+  /// load_checkpoint(path), then the model.
+  static model load(const std::filesystem::path& path) { return model(load_checkpoint(path)); }
+
+  /// The hyperparameters.
+  const config& cfg() const noexcept { return w_.cfg; }
+  /// The fp32 weights the model was built from (unchanged by set()).
+  const weights& source() const noexcept { return w_; }
+  /// The fp32 source matrix of linear (layer, k): what to quantize.
+  quant::matrix_view<const float> source(std::size_t layer, kind k) const { return w_.matrix(layer, k); }
+
+  /// The linear (layer, k) the forward pass runs.
+  const linear& get(std::size_t layer, kind k) const { return *linears_[index(layer, k)]; }
+  /// Replaces linear (layer, k); it must be non-null with the shape of the source matrix.
+  void set(std::size_t layer, kind k, std::unique_ptr<linear> l) {
+    const std::size_t i = index(layer, k);
+    check_shape(l, rows_of(cfg(), k), cols_of(cfg(), k), detail::cat(name(k), ".", layer));
+    linears_[i] = std::move(l);
+  }
+  /// The classifier (vocab x dim), fp32 over the source weights unless replaced.
+  const linear& classifier() const noexcept { return *classifier_; }
+  void set_classifier(std::unique_ptr<linear> l) {
+    check_shape(l, cfg().vocab_size, cfg().dim, "classifier");
+    classifier_ = std::move(l);
+  }
+  /// Every linear and the classifier back to fp32 (dense views of the source weights).
+  void reset_fp32() {
+    linears_.clear();
+    for (std::size_t l = 0; l < cfg().n_layers; ++l)
+      for (kind k : all_kinds) linears_.push_back(std::make_unique<dense_linear>(source(l, k)));
+    classifier_ = std::make_unique<dense_linear>(w_.classifier());
+  }
+  /// Bytes of the 7 x n_layers linears as currently stored (the classifier not included).
+  std::size_t linear_bytes() const {
+    std::size_t b = 0;
+    for (const auto& l : linears_) b += l->bytes();
+    return b;
+  }
+
+  /// The token embedding table (vocab x dim, row-major).
+  const std::vector<float>& token_embedding() const noexcept { return w_.token_embedding; }
+  /// The RMSNorm weights (dim) before attention / before the FFN of a layer, and the final one.
+  std::span<const float> rms_att(std::size_t layer) const { return norm(w_.rms_att, layer); }
+  std::span<const float> rms_ffn(std::size_t layer) const { return norm(w_.rms_ffn, layer); }
+  std::span<const float> rms_final() const noexcept { return w_.rms_final; }
+
+ private:
+  std::size_t index(std::size_t layer, kind k) const {
+    if (layer >= cfg().n_layers)
+      detail::fail("llama2c::model: layer ", layer, " out of range (n_layers = ", cfg().n_layers, ")");
+    const auto ki = static_cast<std::size_t>(k);
+    if (ki >= all_kinds.size()) detail::fail("llama2c::model: invalid linear kind ", ki);
+    return layer * all_kinds.size() + ki;
+  }
+  std::span<const float> norm(const std::vector<float>& v, std::size_t layer) const {
+    if (layer >= cfg().n_layers)
+      detail::fail("llama2c::model: layer ", layer, " out of range (n_layers = ", cfg().n_layers, ")");
+    return {v.data() + layer * cfg().dim, cfg().dim};
+  }
+  static void check_shape(const std::unique_ptr<linear>& l, std::size_t rows, std::size_t cols, const std::string& what) {
+    if (!l) detail::fail("llama2c::model: null linear for ", what);
+    if (l->rows() != rows || l->cols() != cols)
+      detail::fail("llama2c::model: ", what, " must be ", rows, " x ", cols, ", got ", l->describe());
+  }
+
+  weights w_;
+  std::vector<std::unique_ptr<linear>> linears_;  // layer-major, 7 per layer
+  std::unique_ptr<linear> classifier_;
+};
+
+/// Round-to-nearest quantization of every linear (wq..w3 of every layer) of m into
+/// quantized_linear<F, Gran>, from the fp32 source weights. The classifier is not changed.
+template <class F, class Gran>
+void quantize_all(model& m, gemv_mode mode = gemv_mode::exact, const Gran& gran = Gran{},
+                  const quant::quantize_options& options = {}) {
+  for (std::size_t l = 0; l < m.cfg().n_layers; ++l)
+    for (kind k : all_kinds) m.set(l, k, make_quantized<F, Gran>(m.source(l, k), mode, gran, options));
+}
+
+// ---- the forward pass -------------------------------------------------------------------------
+
+/// Called by forward with the input vector of the linears of a layer, 4 times per layer per
+/// token: k = wq (the input of wq, wk and wv), wo, w1 (the input of w1 and w3), w2. The span is
+/// valid only during the call. This is what GPTQ/AWQ calibration records.
+using capture_fn = std::function<void(std::size_t layer, kind k, std::span<const float> input)>;
+
+/// The activations of one sequence: the KV cache (n_layers x seq_len x kv_dim, for K and V) and
+/// the scratch buffers of forward. Positions must be fed in order 0, 1, 2, ... (forward at pos
+/// reads the cache rows 0..pos); start again at 0 for a new sequence.
+struct state {
+  explicit state(const config& c)
+      : cfg(c), x(c.dim), xb(c.dim), xb2(c.dim), hb(c.hidden_dim), hb2(c.hidden_dim), q(c.dim), att(c.seq_len),
+        rope_cos(c.head_size() / 2), rope_sin(c.head_size() / 2), logits(c.vocab_size),
+        key_cache(c.n_layers * c.seq_len * c.kv_dim()), value_cache(c.n_layers * c.seq_len * c.kv_dim()) {}
+
+  config cfg;  ///< the configuration the buffers are sized for
+  /// Scratch: x the residual stream (after forward: the final normalized hidden state), xb/xb2
+  /// (dim) and hb/hb2 (hidden_dim) the layer inputs and outputs, q, att (attention weights of one
+  /// head), the RoPE cos/sin of the position, logits (vocab) the result of forward.
+  std::vector<float> x, xb, xb2, hb, hb2, q, att, rope_cos, rope_sin, logits;
+  /// K and V of every layer and position so far: n_layers x seq_len x kv_dim each.
+  std::vector<float> key_cache, value_cache;
+  capture_fn capture;                     ///< optional: sees the input of every linear
+};
+
+namespace detail {
+/// o = w * x / sqrt(mean(x^2) + 1e-5)
+inline void rmsnorm(float* o, const float* x, const float* w, std::size_t n) {
+  float ss = 0.0f;
+  for (std::size_t j = 0; j < n; ++j) ss += x[j] * x[j];
+  ss /= static_cast<float>(n);
+  ss += 1e-5f;
+  ss = 1.0f / std::sqrt(ss);
+  for (std::size_t j = 0; j < n; ++j) o[j] = w[j] * (ss * x[j]);
+}
+inline bool same_shape(const config& a, const config& b) {
+  return a.dim == b.dim && a.hidden_dim == b.hidden_dim && a.n_layers == b.n_layers && a.n_heads == b.n_heads &&
+         a.n_kv_heads == b.n_kv_heads && a.vocab_size == b.vocab_size && a.seq_len == b.seq_len;
+}
+}  // namespace detail
+
+/// Runs token `token` at position pos (0-based; positions 0..pos-1 already run in this state)
+/// and returns the logits (vocab_size, valid until the next call on s). With `layers` below
+/// n_layers only the first `layers` transformer layers run (what capturing the inputs of an early
+/// layer needs) and the result is empty. Throws llama2c::error for a token outside
+/// [0, vocab_size), pos >= seq_len, or a state sized for another config.
+inline std::span<const float> forward(const model& m, state& s, int token, std::size_t pos,
+                                      std::size_t layers = static_cast<std::size_t>(-1)) {
+  const config& c = m.cfg();
+  if (!detail::same_shape(c, s.cfg)) detail::fail("llama2c::forward: the state was made for another model config");
+  if (token < 0 || static_cast<std::size_t>(token) >= c.vocab_size)
+    detail::fail("llama2c::forward: token id ", token, " out of range [0, ", c.vocab_size, ")");
+  if (pos >= c.seq_len) detail::fail("llama2c::forward: position ", pos, " >= seq_len = ", c.seq_len);
+
+  const std::size_t dim = c.dim, hidden = c.hidden_dim, hs = c.head_size(), kv_dim = c.kv_dim(), kv_mul = c.kv_mul();
+  float* x = s.x.data();
+  std::copy_n(m.token_embedding().data() + static_cast<std::size_t>(token) * dim, dim, x);
+
+  // RoPE angles for this position: pair (i, i+1) of a head rotates by pos * 10000^(-i/head_size).
+  for (std::size_t i = 0; i < hs; i += 2) {
+    const float freq = 1.0f / std::pow(10000.0f, static_cast<float>(i) / static_cast<float>(hs));
+    const float val = static_cast<float>(pos) * freq;
+    s.rope_cos[i / 2] = std::cos(val);
+    s.rope_sin[i / 2] = std::sin(val);
+  }
+  const float inv_sqrt_hs = 1.0f / std::sqrt(static_cast<float>(hs));
+
+  const std::size_t run_layers = std::min(layers, c.n_layers);
+  for (std::size_t l = 0; l < run_layers; ++l) {
+    // attention
+    detail::rmsnorm(s.xb.data(), x, m.rms_att(l).data(), dim);
+    const std::span<const float> xb(s.xb);
+    if (s.capture) s.capture(l, kind::wq, xb);
+    const std::size_t cache_off = l * c.seq_len * kv_dim;
+    float* k = s.key_cache.data() + cache_off + pos * kv_dim;
+    float* v = s.value_cache.data() + cache_off + pos * kv_dim;
+    m.get(l, kind::wq).forward(xb, s.q);
+    m.get(l, kind::wk).forward(xb, {k, kv_dim});
+    m.get(l, kind::wv).forward(xb, {v, kv_dim});
+    for (std::size_t i = 0; i < dim; i += 2) {
+      const float fc = s.rope_cos[(i % hs) / 2], fs = s.rope_sin[(i % hs) / 2];
+      const float q0 = s.q[i], q1 = s.q[i + 1];
+      s.q[i] = q0 * fc - q1 * fs;
+      s.q[i + 1] = q0 * fs + q1 * fc;
+      if (i < kv_dim) {
+        const float k0 = k[i], k1 = k[i + 1];
+        k[i] = k0 * fc - k1 * fs;
+        k[i + 1] = k0 * fs + k1 * fc;
+      }
+    }
+    for (std::size_t h = 0; h < c.n_heads; ++h) {
+      const float* qh = s.q.data() + h * hs;
+      const std::size_t kv_off = cache_off + (h / kv_mul) * hs;
+      float* att = s.att.data();
+      float mx = -std::numeric_limits<float>::infinity();
+      for (std::size_t t = 0; t <= pos; ++t) {
+        const float* kt = s.key_cache.data() + kv_off + t * kv_dim;
+        float score = 0.0f;
+        for (std::size_t i = 0; i < hs; ++i) score += qh[i] * kt[i];
+        att[t] = score * inv_sqrt_hs;
+        mx = std::max(mx, att[t]);
+      }
+      float sum = 0.0f;
+      for (std::size_t t = 0; t <= pos; ++t) {
+        att[t] = std::exp(att[t] - mx);
+        sum += att[t];
+      }
+      float* out = s.xb.data() + h * hs;
+      std::fill_n(out, hs, 0.0f);
+      for (std::size_t t = 0; t <= pos; ++t) {
+        const float* vt = s.value_cache.data() + kv_off + t * kv_dim;
+        const float a = att[t] / sum;
+        for (std::size_t i = 0; i < hs; ++i) out[i] += a * vt[i];
+      }
+    }
+    if (s.capture) s.capture(l, kind::wo, std::span<const float>(s.xb));
+    m.get(l, kind::wo).forward(s.xb, s.xb2);
+    for (std::size_t i = 0; i < dim; ++i) x[i] += s.xb2[i];
+
+    // feed-forward
+    detail::rmsnorm(s.xb.data(), x, m.rms_ffn(l).data(), dim);
+    if (s.capture) s.capture(l, kind::w1, xb);
+    m.get(l, kind::w1).forward(xb, s.hb);
+    m.get(l, kind::w3).forward(xb, s.hb2);
+    for (std::size_t i = 0; i < hidden; ++i) {
+      const float g = s.hb[i];
+      s.hb[i] = g / (1.0f + std::exp(-g)) * s.hb2[i];
+    }
+    if (s.capture) s.capture(l, kind::w2, std::span<const float>(s.hb));
+    m.get(l, kind::w2).forward(s.hb, s.xb2);
+    for (std::size_t i = 0; i < dim; ++i) x[i] += s.xb2[i];
+  }
+  if (run_layers < c.n_layers) return {};
+  detail::rmsnorm(x, x, m.rms_final().data(), dim);
+  m.classifier().forward(s.x, s.logits);
+  return s.logits;
+}
+
+/// The index of the largest logit (the first one on ties).
+inline int argmax(std::span<const float> v) {
+  if (v.empty()) detail::fail("llama2c::argmax: empty vector");
+  return static_cast<int>(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+// ---- tokenizer --------------------------------------------------------------------------------
+
+/// The llama2.c tokenizer: a vocabulary of byte strings with merge scores. Id 0 is <unk>, 1 BOS,
+/// 2 EOS, 3..258 the byte-fallback tokens <0x00>..<0xFF>.
+class tokenizer {
+ public:
+  static constexpr int bos = 1, eos = 2;
+
+  /// An empty tokenizer (load() it before use).
+  tokenizer() = default;
+  /// load(path, vocab_size).
+  tokenizer(const std::filesystem::path& path, std::size_t vocab_size) { load(path, vocab_size); }
+
+  /// Reads a llama2.c tokenizer file: int32 max_token_length, then per token float32 score,
+  /// int32 length and the bytes. The vocabulary size comes from the model. Throws llama2c::error
+  /// naming the file for a missing file, a truncated entry, a negative length or trailing bytes
+  /// (a wrong vocab_size).
+  void load(const std::filesystem::path& path, std::size_t vocab_size) {
+    const std::string who = path.string();
+    if (vocab_size < 3) detail::fail(who, ": vocab_size = ", vocab_size, "; a llama2.c vocabulary has at least 3 tokens");
+    std::ifstream in(path, std::ios::binary);
+    if (!in) detail::fail(who, ": cannot open the tokenizer");
+    std::int32_t max_len = 0;
+    if (!in.read(reinterpret_cast<char*>(&max_len), 4)) detail::fail(who, ": file too short for the tokenizer header");
+    if (max_len <= 0) detail::fail(who, ": max_token_length = ", max_len, " must be positive");
+    std::vector<std::string> vocab(vocab_size);
+    std::vector<float> scores(vocab_size);
+    for (std::size_t i = 0; i < vocab_size; ++i) {
+      std::int32_t len = 0;
+      if (!in.read(reinterpret_cast<char*>(&scores[i]), 4) || !in.read(reinterpret_cast<char*>(&len), 4))
+        detail::fail(who, ": file ends at token ", i, " of ", vocab_size, " (wrong vocab_size?)");
+      if (len < 0 || len > (1 << 20)) detail::fail(who, ": token ", i, " has length ", len);
+      if (!std::isfinite(scores[i])) detail::fail(who, ": token ", i, " has a non-finite score");
+      vocab[i].resize(static_cast<std::size_t>(len));
+      if (len > 0 && !in.read(vocab[i].data(), len))
+        detail::fail(who, ": file ends inside token ", i, " of ", vocab_size, " (wrong vocab_size?)");
+    }
+    if (in.peek() != std::char_traits<char>::eof())
+      detail::fail(who, ": bytes left after ", vocab_size, " tokens; the tokenizer does not match vocab_size = ",
+                   vocab_size);
+    std::unordered_map<std::string, int> lookup;
+    lookup.reserve(vocab_size);
+    for (std::size_t i = 0; i < vocab_size; ++i) lookup.emplace(vocab[i], static_cast<int>(i));  // first id wins
+    vocab_ = std::move(vocab);
+    scores_ = std::move(scores);
+    lookup_ = std::move(lookup);
+    max_token_length_ = static_cast<std::size_t>(max_len);
+  }
+
+  /// Tokens in the vocabulary (0 before load), and the longest token in bytes (from the file).
+  std::size_t vocab_size() const noexcept { return vocab_.size(); }
+  std::size_t max_token_length() const noexcept { return max_token_length_; }
+  /// The byte string of a token (SentencePiece's U+2581 stored as a space).
+  const std::string& piece(int id) const { return vocab_[check(id)]; }
+  /// The merge score of a token (higher merges first).
+  float score(int id) const { return scores_[check(id)]; }
+  /// The id of an exact byte string, or -1.
+  int find(std::string_view s) const {
+    const auto it = lookup_.find(std::string(s));
+    return it == lookup_.end() ? -1 : it->second;
+  }
+
+  /// The llama2.c encoder: [BOS if bos], then for non-empty text the dummy-prefix token " ",
+  /// one token per UTF-8 code point (its bytes + 3 when the code point is not in the vocabulary),
+  /// then repeatedly the adjacent pair whose concatenation is a token with the highest score
+  /// (the leftmost on ties) is merged, until none is. [EOS if eos].
+  std::vector<int> encode(std::string_view text, bool bos_token = true, bool eos_token = false) const {
+    if (vocab_.empty()) detail::fail("llama2c::tokenizer::encode: no tokenizer loaded");
+    std::vector<int> t;
+    t.reserve(text.size() + 3);
+    if (!text.empty()) {
+      const int space = find(" ");
+      if (space < 0) detail::fail("llama2c::tokenizer::encode: the vocabulary has no \" \" token for the dummy prefix");
+      t.push_back(space);
+    }
+    for (std::size_t i = 0; i < text.size();) {
+      // a code point: a byte and up to 3 continuation bytes (10xxxxxx)
+      std::size_t n = 1;
+      while (i + n < text.size() && n < 4 && (static_cast<unsigned char>(text[i + n]) & 0xC0) == 0x80) ++n;
+      const int id = find(text.substr(i, n));
+      if (id >= 0) {
+        t.push_back(id);
+      } else {
+        for (std::size_t j = 0; j < n; ++j) {
+          const std::size_t b = static_cast<unsigned char>(text[i + j]) + 3u;
+          if (b >= vocab_.size()) detail::fail("llama2c::tokenizer::encode: byte-fallback token ", b, " >= vocab_size");
+          t.push_back(static_cast<int>(b));
+        }
+      }
+      i += n;
+    }
+    merge(t);
+    if (bos_token) t.insert(t.begin(), bos);
+    if (eos_token) t.push_back(eos);
+    return t;
+  }
+
+  /// The text of `token` following `prev_token`: after BOS one leading space is dropped; a piece
+  /// "<0xHH>" is the raw byte HH.
+  std::string decode(int prev_token, int token) const {
+    std::string_view p = piece(token);
+    if (prev_token == bos && !p.empty() && p.front() == ' ') p.remove_prefix(1);
+    if (p.size() == 6 && p.substr(0, 3) == "<0x" && p[5] == '>') {
+      const int hi = hex(p[3]), lo = hex(p[4]);
+      if (hi >= 0 && lo >= 0) return std::string(1, static_cast<char>(hi * 16 + lo));
+    }
+    return std::string(p);
+  }
+
+ private:
+  std::size_t check(int id) const {
+    if (id < 0 || static_cast<std::size_t>(id) >= vocab_.size())
+      detail::fail("llama2c::tokenizer: token id ", id, " out of range [0, ", vocab_.size(), ")");
+    return static_cast<std::size_t>(id);
+  }
+  static int hex(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  }
+  /// The merge candidate of pair (a, b): its token id or -1.
+  int pair_id(int a, int b, std::string& buf) const {
+    buf.assign(vocab_[static_cast<std::size_t>(a)]);
+    buf.append(vocab_[static_cast<std::size_t>(b)]);
+    const auto it = lookup_.find(buf);
+    return it == lookup_.end() ? -1 : it->second;
+  }
+  /// Greedy merges; the score of each adjacent pair is cached and refreshed next to a merge,
+  /// which picks the same pair at every step as rescanning all pairs.
+  void merge(std::vector<int>& t) const {
+    if (t.size() < 2) return;
+    std::string buf;
+    std::vector<int> cand(t.size() - 1);
+    for (std::size_t i = 0; i + 1 < t.size(); ++i) cand[i] = pair_id(t[i], t[i + 1], buf);
+    for (;;) {
+      float best = -1e10f;
+      std::size_t at = cand.size();
+      for (std::size_t i = 0; i < cand.size(); ++i)
+        if (cand[i] >= 0 && scores_[static_cast<std::size_t>(cand[i])] > best)
+          best = scores_[static_cast<std::size_t>(cand[i])], at = i;
+      if (at == cand.size()) break;
+      t[at] = cand[at];
+      t.erase(t.begin() + static_cast<std::ptrdiff_t>(at) + 1);
+      cand.erase(cand.begin() + static_cast<std::ptrdiff_t>(at));
+      if (at < cand.size()) cand[at] = pair_id(t[at], t[at + 1], buf);
+      if (at > 0) cand[at - 1] = pair_id(t[at - 1], t[at], buf);
+    }
+  }
+
+  std::vector<std::string> vocab_;
+  std::vector<float> scores_;
+  std::unordered_map<std::string, int> lookup_;
+  std::size_t max_token_length_ = 0;
+};
+
+// ---- text utilities ---------------------------------------------------------------------------
+
+/// The whole content of a text file. Throws llama2c::error when it cannot be read.
+inline std::string read_text(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) detail::fail(path.string(), ": cannot open the text file");
+  std::ostringstream s;
+  s << in.rdbuf();
+  if (in.bad()) detail::fail(path.string(), ": read error");
+  return s.str();
+}
+
+/// The stories of a TinyStories text: split on "<|endoftext|>", each stripped of surrounding
+/// whitespace, in file order, empty ones skipped.
+inline std::vector<std::string> split_stories(std::string_view text) {
+  constexpr std::string_view sep = "<|endoftext|>", ws = " \t\n\r\f\v";
+  std::vector<std::string> out;
+  for (std::size_t b = 0;;) {
+    const std::size_t e = text.find(sep, b);
+    std::string_view story = text.substr(b, e == std::string_view::npos ? std::string_view::npos : e - b);
+    const std::size_t f = story.find_first_not_of(ws);
+    if (f != std::string_view::npos) out.emplace_back(story.substr(f, story.find_last_not_of(ws) - f + 1));
+    if (e == std::string_view::npos) break;
+    b = e + sep.size();
+  }
+  return out;
+}
+
+/// The result of perplexity: the summed negative log-likelihood (nats), the number of predicted
+/// tokens and exp(nll_sum / tokens).
+struct perplexity_result {
+  double nll_sum = 0.0;
+  std::size_t tokens = 0;
+  double ppl = 0.0;
+};
+
+/// Teacher-forced perplexity over stories[first, first + count): each story is BOS + encode(story),
+/// truncated to seq_len tokens, run in a fresh context; every position after BOS is scored (the
+/// log-softmax is computed in double). Throws llama2c::error when the range is outside stories.
+inline perplexity_result perplexity(const model& m, const tokenizer& tok, const std::vector<std::string>& stories,
+                                    std::size_t first, std::size_t count) {
+  if (first > stories.size() || count > stories.size() - first)
+    detail::fail("llama2c::perplexity: stories [", first, ", ", first + count, ") are outside the ", stories.size(),
+                 " stories given");
+  if (tok.vocab_size() != m.cfg().vocab_size)
+    detail::fail("llama2c::perplexity: tokenizer vocab_size ", tok.vocab_size(), " != model vocab_size ",
+                 m.cfg().vocab_size);
+  state s(m.cfg());
+  perplexity_result r;
+  for (std::size_t i = first; i < first + count; ++i) {
+    std::vector<int> ids = tok.encode(stories[i], true);
+    if (ids.size() > m.cfg().seq_len) ids.resize(m.cfg().seq_len);
+    for (std::size_t pos = 0; pos + 1 < ids.size(); ++pos) {
+      const auto logits = forward(m, s, ids[pos], pos);
+      double mx = -std::numeric_limits<double>::infinity();
+      for (float v : logits) mx = std::max(mx, static_cast<double>(v));
+      double sum = 0.0;
+      for (float v : logits) sum += std::exp(static_cast<double>(v) - mx);
+      r.nll_sum += mx + std::log(sum) - logits[static_cast<std::size_t>(ids[pos + 1])];
+      ++r.tokens;
+    }
+  }
+  r.ppl = r.tokens ? std::exp(r.nll_sum / static_cast<double>(r.tokens)) : 0.0;
+  return r;
+}
+
+/// A greedy generation: every token (prompt included, BOS first), how many came from the prompt,
+/// and the decoded text of everything after BOS.
+struct generation {
+  std::vector<int> tokens;
+  std::size_t prompt_tokens = 0;
+  std::string text;
+};
+
+/// Greedy decoding: runs BOS + encode(prompt) through the model, then appends the argmax token
+/// until `steps` positions have run (at most seq_len) or BOS/EOS is predicted. As llama2.c's
+/// generate: with an empty prompt, steps = n gives n new tokens.
+inline generation generate(const model& m, const tokenizer& tok, std::string_view prompt, std::size_t steps) {
+  if (tok.vocab_size() != m.cfg().vocab_size)
+    detail::fail("llama2c::generate: tokenizer vocab_size ", tok.vocab_size(), " != model vocab_size ",
+                 m.cfg().vocab_size);
+  generation g;
+  g.tokens = tok.encode(prompt, true);
+  g.prompt_tokens = g.tokens.size();
+  if (g.prompt_tokens > m.cfg().seq_len)
+    detail::fail("llama2c::generate: the prompt has ", g.prompt_tokens, " tokens, more than seq_len = ", m.cfg().seq_len);
+  for (std::size_t i = 1; i < g.tokens.size(); ++i) g.text += tok.decode(g.tokens[i - 1], g.tokens[i]);
+  steps = std::min(steps, m.cfg().seq_len);
+  state s(m.cfg());
+  for (std::size_t pos = 0; pos < steps; ++pos) {
+    const auto logits = forward(m, s, g.tokens[pos], pos);
+    if (pos + 1 < g.tokens.size()) continue;  // still inside the prompt
+    const int next = argmax(logits);
+    if (next == tokenizer::bos || next == tokenizer::eos) break;
+    g.text += tok.decode(g.tokens.back(), next);
+    g.tokens.push_back(next);
+  }
+  return g;
+}
+
+}  // namespace llama2c
