@@ -1,0 +1,80 @@
+// report/formats.hpp: the formats quant-report compares, each with what every method needs to
+// produce a llama2c::linear in that format: round-to-nearest from the weights, GPTQ from the
+// weights and the Hessian of the layer's inputs.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <quant/algorithms/gptq.hpp>
+#include <quant/quant.hpp>
+
+#include "../llama2c/llama2c.hpp"
+
+namespace report {
+
+/// One format x granularity of the report.
+struct format_entry {
+  std::string name;  ///< as printed: "int4 g128 asym"
+  std::string key;   ///< as given to --formats: "int4-g128-asym"
+  /// Round-to-nearest of w.
+  std::function<std::unique_ptr<llama2c::linear>(quant::matrix_view<const float> w, llama2c::gemv_mode,
+                                                 const quant::quantize_options&)>
+      rtn;
+  /// GPTQ of w with the Hessian of its inputs (cols x cols).
+  std::function<std::unique_ptr<llama2c::linear>(quant::matrix_view<const float> w, std::span<const float> h,
+                                                 llama2c::gemv_mode, const quant::gptq::options&)>
+      gptq;
+};
+
+template <class F, class Gran>
+format_entry make_format(std::string name, std::string key, Gran gran = Gran{}) {
+  format_entry e;
+  e.name = std::move(name);
+  e.key = std::move(key);
+  e.rtn = [gran](quant::matrix_view<const float> w, llama2c::gemv_mode mode,
+                 const quant::quantize_options& o) -> std::unique_ptr<llama2c::linear> {
+    return std::make_unique<llama2c::quantized_linear<F, Gran>>(quant::quantize<F>(w, gran, o), mode);
+  };
+  e.gptq = [gran](quant::matrix_view<const float> w, std::span<const float> h, llama2c::gemv_mode mode,
+                  const quant::gptq::options& o) -> std::unique_ptr<llama2c::linear> {
+    return std::make_unique<llama2c::quantized_linear<F, Gran>>(quant::gptq::quantize<F>(w, h, gran, o), mode);
+  };
+  return e;
+}
+
+/// The formats of the report, from 8 bits down to 3: the default set first (`extra` false), then
+/// the others a user may ask for by key (--formats all, or by name).
+struct format_list {
+  std::vector<format_entry> entries;
+  std::size_t defaults = 0;  ///< entries[0, defaults) are the default set
+};
+
+inline format_list all_formats() {
+  using namespace quant;
+  std::vector<format_entry> f;
+  f.push_back(make_format<int8, per_channel<symmetric>>("int8 per-channel", "int8"));
+  f.push_back(make_format<fp8_e4m3, per_channel<symmetric>>("fp8 e4m3 per-channel", "e4m3"));
+  f.push_back(make_format<int4, per_group<32, symmetric, fp16>>("int4 g32 sym", "int4-g32-sym"));
+  f.push_back(make_format<int4, per_group<32, asymmetric, fp16>>("int4 g32 asym", "int4-g32-asym"));
+  f.push_back(make_format<int4, per_group<128, symmetric, fp16>>("int4 g128 sym", "int4-g128-sym"));
+  f.push_back(make_format<int4, per_group<128, asymmetric, fp16>>("int4 g128 asym", "int4-g128-asym"));
+  f.push_back(make_format<nf4, per_group<64, symmetric, fp16>>("nf4 g64", "nf4"));
+  f.push_back(make_format<fp4_e2m1, per_group<32, symmetric, e8m0>>("MXFP4", "mxfp4"));
+  f.push_back(make_format<int3, per_group<128, asymmetric, fp16>>("int3 g128 asym", "int3-g128"));
+  const std::size_t defaults = f.size();
+  f.push_back(make_format<int8, per_channel<asymmetric>>("int8 per-channel asym", "int8-asym"));
+  f.push_back(make_format<int8, per_tensor<symmetric>>("int8 per-tensor", "int8-tensor"));
+  f.push_back(make_format<fp8_e5m2, per_channel<symmetric>>("fp8 e5m2 per-channel", "e5m2"));
+  f.push_back(make_format<fp8_e4m3, per_group<32, symmetric, e8m0>>("MXFP8", "mxfp8"));
+  f.push_back(make_format<int4, per_channel<asymmetric>>("int4 per-channel asym", "int4-channel"));
+  f.push_back(make_format<fp4_e2m1, per_group<32, symmetric, fp16>>("fp4 e2m1 g32 f16", "fp4-g32"));
+  f.push_back(make_format<int3, per_group<128, symmetric, fp16>>("int3 g128 sym", "int3-g128-sym"));
+  f.push_back(make_format<int2, per_group<32, asymmetric, fp16>>("int2 g32 asym", "int2-g32"));
+  return {std::move(f), defaults};
+}
+
+}  // namespace report
