@@ -38,6 +38,7 @@
 #include "llama2c/calibrate.hpp"
 #include "llama2c/llama2c.hpp"
 #include "report/formats.hpp"
+#include "report/mixed.hpp"
 #include "report/svg.hpp"
 
 namespace {
@@ -382,10 +383,9 @@ void mixed_precision(const args& a, const std::vector<report::format_entry>& for
   struct item {
     std::size_t layer;
     llama2c::kind k;
-    double sens;
-    std::size_t lo_bytes, hi_bytes;
   };
   std::vector<item> items;
+  std::vector<report::layer_cost> costs;
   const std::vector<std::vector<int>> probe(calib.begin(), calib.begin() + std::min<std::size_t>(8, calib.size()));
   m.reset_fp32();
   const double base = std::log(evaluate(m, probe, nullptr).ppl);
@@ -395,7 +395,8 @@ void mixed_precision(const args& a, const std::vector<report::format_entry>& for
       auto q = lo.rtn(m.source(l, k), mode, a.fit);
       const std::size_t lb = q->bytes(), hb = hi.rtn(m.source(l, k), mode, a.fit)->bytes();
       m.set(l, k, std::move(q));
-      items.push_back({l, k, std::log(evaluate(m, probe, nullptr).ppl) - base, lb, hb});
+      items.push_back({l, k});
+      costs.push_back({std::log(evaluate(m, probe, nullptr).ppl) - base, lb, hb});
       m.set(l, k, std::make_unique<llama2c::dense_linear>(m.source(l, k)));
       lo_total += lb, hi_total += hb;
     }
@@ -405,39 +406,21 @@ void mixed_precision(const args& a, const std::vector<report::format_entry>& for
     throw std::invalid_argument(fmt::format("--mixed: the budget {} bits/weight must lie between {} ({:.3f}) and {} ({:.3f})",
                                             a.mixed_budget, lo.name, lo_bits, hi.name, hi_bits));
   const auto budget = static_cast<std::size_t>(a.mixed_budget / 8.0 * static_cast<double>(linear_weights));
-  // widen in the given order while the budget allows (items that do not fit are skipped)
-  auto allocate = [&](const std::vector<std::size_t>& order) {
-    std::vector<bool> wide(items.size(), false);
-    std::size_t total = lo_total;
-    for (std::size_t i : order)
-      if (total + (items[i].hi_bytes - items[i].lo_bytes) <= budget) {
-        wide[i] = true;
-        total += items[i].hi_bytes - items[i].lo_bytes;
-      }
-    return wide;
-  };
-  std::vector<std::size_t> by_sens(items.size()), in_order(items.size());
-  for (std::size_t i = 0; i < items.size(); ++i) by_sens[i] = in_order[i] = i;
-  std::stable_sort(by_sens.begin(), by_sens.end(), [&](std::size_t x, std::size_t y) {
-    return items[x].sens / static_cast<double>(items[x].hi_bytes - items[x].lo_bytes + 1) >
-           items[y].sens / static_cast<double>(items[y].hi_bytes - items[y].lo_bytes + 1);
-  });
+  const auto order = report::by_sensitivity(costs);
   fmt::print("mixed precision: {} / {} under {} bits/weight (all {}: {:.3f}, all {}: {:.3f}); sensitivity = rise "
              "of the mean NLL on {} calibration stories with one linear at {}, in the order of widening (by rise per "
              "extra byte):\n",
              lo.name, hi.name, a.mixed_budget, lo.name, lo_bits, hi.name, hi_bits, probe.size(), lo.name);
-  for (std::size_t j = 0; j < items.size(); ++j) {
-    const auto& it = items[by_sens[j]];
-    fmt::print("  {:>5}.{:<2} {:+.5f}{}", llama2c::name(it.k), it.layer, it.sens, j % 5 == 4 || j + 1 == items.size() ? "\n" : "");
-  }
+  for (std::size_t j = 0; j < order.size(); ++j)
+    fmt::print("  {:>5}.{:<2} {:+.5f}{}", llama2c::name(items[order[j]].k), items[order[j]].layer, costs[order[j]].sensitivity,
+               j % 5 == 4 || j + 1 == order.size() ? "\n" : "");
   fmt::print("(sensitivity pass {:.1f} s)\n\n", seconds_since(t0));
-  for (const auto& [label, order] : {std::pair{std::string("by sensitivity"), by_sens}, std::pair{std::string("in model order"), in_order}}) {
-    const auto wide = allocate(order);
+  for (const auto& [label, wide] : {std::pair{std::string("by sensitivity"), report::allocate_by_sensitivity(costs, budget)},
+                                    std::pair{std::string("in model order"), report::allocate_in_model_order(costs, budget)}}) {
     const auto t1 = clock_type::now();
     std::size_t n_wide = 0;
     for (std::size_t i = 0; i < items.size(); ++i) {
-      const auto& it = items[i];
-      m.set(it.layer, it.k, (wide[i] ? hi : lo).rtn(m.source(it.layer, it.k), mode, a.fit));
+      m.set(items[i].layer, items[i].k, (wide[i] ? hi : lo).rtn(m.source(items[i].layer, items[i].k), mode, a.fit));
       n_wide += wide[i];
     }
     row r{"mixed", fmt::format("{} {}/{}", label, n_wide, items.size())};
