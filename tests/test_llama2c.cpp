@@ -451,3 +451,51 @@ TEST_CASE("llama2c: split_stories") {
   CHECK(llama2c::split_stories("").empty());
   CHECK(llama2c::split_stories("one") == std::vector<std::string>{"one"});
 }
+
+TEST_CASE("llama2c: scales folded through the writable weights leave the model's function unchanged") {
+  // What AWQ and SmoothQuant do: 1/s into the norm before q/k/v (and before w1/w3), s into the
+  // columns of the linears that read it; 1/s into w3's rows, s into w2's columns.
+  const temp_file f("folding");
+  f.write(synthetic_checkpoint(32, 48, 2, 4, 2, 64, 16));
+  llama2c::model m = llama2c::model::load(f.path);
+  const auto& c = m.cfg();
+  auto logits = [&] {
+    llama2c::state s(c);
+    std::vector<float> all;
+    for (std::size_t pos = 0; pos < 6; ++pos) {
+      const auto l = llama2c::forward(m, s, static_cast<int>(3 + 5 * pos), pos);
+      all.insert(all.end(), l.begin(), l.end());
+    }
+    return all;
+  };
+  const auto before = logits();
+  qt::rng g(5);
+  for (std::size_t l = 0; l < c.n_layers; ++l) {
+    auto fold = [&](std::span<float> prev, std::initializer_list<llama2c::kind> next) {
+      for (std::size_t j = 0; j < prev.size(); ++j) {
+        const float s = static_cast<float>(std::exp(g.normal()));
+        prev[j] /= s;
+        for (auto k : next) {
+          auto w = m.source_mutable(l, k);
+          for (std::size_t r = 0; r < w.rows(); ++r) w(r, j) *= s;
+        }
+      }
+    };
+    fold(m.rms_att_mutable(l), {llama2c::kind::wq, llama2c::kind::wk, llama2c::kind::wv});
+    fold(m.rms_ffn_mutable(l), {llama2c::kind::w1, llama2c::kind::w3});
+    auto w3 = m.source_mutable(l, llama2c::kind::w3);  // rows of w3 feed w2's columns (through silu(w1 x) * w3 x)
+    auto w2 = m.source_mutable(l, llama2c::kind::w2);
+    for (std::size_t j = 0; j < w3.rows(); ++j) {
+      const float s = static_cast<float>(std::exp(g.normal()));
+      for (std::size_t i = 0; i < w3.cols(); ++i) w3(j, i) /= s;
+      for (std::size_t r = 0; r < w2.rows(); ++r) w2(r, j) *= s;
+    }
+  }
+  const auto after = logits();
+  REQUIRE(after.size() == before.size());
+  double e = 0.0, n = 0.0;
+  for (std::size_t i = 0; i < after.size(); ++i) e += (after[i] - before[i]) * double(after[i] - before[i]), n += before[i] * double(before[i]);
+  CHECK(std::sqrt(e / n) < 1e-5);
+  CHECK_THROWS_AS(m.rms_att_mutable(c.n_layers), llama2c::error);
+  CHECK_THROWS_AS(m.source_mutable(c.n_layers, llama2c::kind::wq), llama2c::error);
+}

@@ -134,6 +134,12 @@ struct weights {
     const std::size_t r = rows_of(cfg, k), c = cols_of(cfg, k);
     return {linear[static_cast<std::size_t>(k)].data() + layer * r * c, r, c};
   }
+  /// The same, writable.
+  quant::matrix_view<float> matrix_mutable(std::size_t layer, kind k) {
+    const auto v = matrix(layer, k);
+    return {linear[static_cast<std::size_t>(k)].data() + (v.data() - linear[static_cast<std::size_t>(k)].data()), v.rows(),
+            v.cols()};
+  }
   /// The classifier matrix (vocab x dim): the token embedding when shared, else wcls.
   quant::matrix_view<const float> classifier() const {
     const auto& w = cfg.shared_classifier ? token_embedding : wcls;
@@ -431,6 +437,14 @@ class model {
   /// The RMSNorm weights (dim) before attention / before the FFN of a layer, and the final one.
   std::span<const float> rms_att(std::size_t layer) const { return norm(w_.rms_att, layer); }
   std::span<const float> rms_ffn(std::size_t layer) const { return norm(w_.rms_ffn, layer); }
+
+  /// Write access to the fp32 weights, for methods that fold scales into them (AWQ, SmoothQuant:
+  /// 1/s into a norm or the previous linear's rows, s into the next linear's columns). fp32
+  /// linears see the change at once; a quantized linear keeps what it was quantized from, so
+  /// fold first, then quantize.
+  std::span<float> rms_att_mutable(std::size_t layer) { return norm_mutable(w_.rms_att, layer); }
+  std::span<float> rms_ffn_mutable(std::size_t layer) { return norm_mutable(w_.rms_ffn, layer); }
+  quant::matrix_view<float> source_mutable(std::size_t layer, kind k) { return w_.matrix_mutable(layer, k); }
   std::span<const float> rms_final() const noexcept { return w_.rms_final; }
 
  private:
@@ -440,6 +454,10 @@ class model {
     const auto ki = static_cast<std::size_t>(k);
     if (ki >= all_kinds.size()) detail::fail("llama2c::model: invalid linear kind ", ki);
     return layer * all_kinds.size() + ki;
+  }
+  std::span<float> norm_mutable(std::vector<float>& v, std::size_t layer) {
+    const auto c = norm(v, layer);  // validates layer
+    return {v.data() + (c.data() - v.data()), c.size()};
   }
   std::span<const float> norm(const std::vector<float>& v, std::size_t layer) const {
     if (layer >= cfg().n_layers)
