@@ -13,7 +13,9 @@
 //                                      [--calib-first, +--calib-stories), perplexity, agreement of
 //                                      greedy next-token predictions with fp32 and decode speed
 //                                      on the first --eval-stories stories
-//   options: --methods rtn,gptq  --formats int8,int4-g128-asym,... (or all)  --csv FILE  --svg FILE
+//   methods: rtn, gptq (each x every format), sq-w8a8 (SmoothQuant, alpha 0.5: int8 weights and
+//   int8 per-token activations; next to W8A8 without smoothing)
+//   options: --methods rtn,gptq,sq-w8a8  --formats int8,int4-g128-asym,... (or all)  --csv FILE  --svg FILE
 //            --fast (fast GEMV mode)  --mse (clip search in the scale fits)  --true-sequential
 //            --act-order  --list  --mixed LOW,HIGH,BITS (model: sensitivity-guided mixed precision)
 #include <quant/algorithms/gptq.hpp>
@@ -47,7 +49,7 @@ namespace fs = std::filesystem;
 using clock_type = std::chrono::steady_clock;
 double seconds_since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
 
-const std::vector<std::string> all_methods{"rtn", "gptq"};
+const std::vector<std::string> all_methods{"rtn", "gptq", "sq-w8a8"};
 
 struct args {
   fs::path model, tokenizer, text, csv, svg;
@@ -60,7 +62,7 @@ struct args {
 };
 
 const char* usage =
-    "usage: quant-report [--model M [--tokenizer T --text F]] [--methods rtn,gptq] [--formats a,b,...|all]\n"
+    "usage: quant-report [--model M [--tokenizer T --text F]] [--methods rtn,gptq,sq-w8a8] [--formats a,b,...|all]\n"
     "                    [--csv FILE] [--svg FILE] [--fast] [--mse] [--true-sequential] [--act-order]\n"
     "                    [--calib-first 200] [--calib-stories 32] [--eval-stories 20] [--list]\n"
     "                    [--mixed LOW,HIGH,BITS]  (with --model: per-layer sensitivity and allocation)\n"
@@ -131,7 +133,7 @@ args parse(int argc, char** argv, const report::format_list& list) {
       a.methods = split(value());
       for (const auto& m : a.methods)
         if (std::find(all_methods.begin(), all_methods.end(), m) == all_methods.end())
-          throw std::invalid_argument("--methods: unknown method '" + m + "' (known: rtn, gptq)");
+          throw std::invalid_argument("--methods: unknown method '" + m + "' (known: rtn, gptq, sq-w8a8)");
     } else if (f == "--formats") {
       a.formats = split(value());
       if (a.formats == std::vector<std::string>{"all"}) {
@@ -292,10 +294,39 @@ std::vector<row> run_synthetic(const args& a, const std::vector<report::format_e
   fmt::print(stderr, "layers ready ({:.1f} s)\n", seconds_since(t0));
   std::vector<row> rows;
   rows.push_back({"fp32", "fp32", 32.0, 4 * weights, 0.0, 0.0, 0.0, fp32_us, 0.0});
-  const std::size_t total = a.methods.size() * a.formats.size();
+  const bool sq = std::find(a.methods.begin(), a.methods.end(), "sq-w8a8") != a.methods.end();
+  const std::size_t per_format = a.methods.size() - (sq ? 1 : 0);
+  const std::size_t total = per_format * a.formats.size() + (sq ? 1 : 0);
   std::size_t done = 0;
+  if (sq) {  // W8A8 with SmoothQuant's factors (applied to the activations: no norm to fold into here)
+    progress(++done, total, "sq-w8a8", t0);
+    for (const bool smooth : {false, true}) {
+      row r{smooth ? "sq" : "w8a8", smooth ? "W8A8 smoothed a=0.5" : "W8A8 not smoothed"};
+      layer_eval ex;
+      for (const auto& l : layers) {
+        const quant::matrix_view<const float> w(l.w.data(), l.rows, l.cols);
+        const auto t1 = clock_type::now();
+        std::vector<float> s;
+        if (smooth) {
+          quant::smoothquant::activation_stats st(l.cols);
+          st.add(quant::matrix_view<const float>(l.xc.data(), l.xc.size() / l.cols, l.cols));
+          s = quant::smoothquant::factors(st.max_abs(), {w});
+        }
+        const report::w8a8_linear op(w, std::move(s));
+        r.quant_seconds += seconds_since(t1);
+        r.bytes += op.bytes();
+        const layer_eval e = evaluate(op, l);
+        ex.err += e.err, ex.ref += e.ref, ex.seconds += e.seconds;
+      }
+      r.bits = 8.0 * static_cast<double>(r.bytes) / static_cast<double>(weights);
+      r.quality = r.quality_fast = std::sqrt(ex.err / ex.ref);
+      r.speed = 1e6 * ex.seconds;
+      rows.push_back(r);
+    }
+  }
   for (const auto& m : a.methods)
     for (const auto& key : a.formats) {
+      if (m == "sq-w8a8") continue;
       const auto& f = *std::find_if(formats.begin(), formats.end(), [&](const auto& e) { return e.key == key; });
       progress(++done, total, m + " " + f.name, t0);
       row r{m, f.name};
@@ -326,7 +357,8 @@ std::vector<row> run_synthetic(const args& a, const std::vector<report::format_e
   for (const auto& r : rows)
     fmt::print("{:<6} {:<20} {:>7.3f} {:>10} {:>10.5f} {:>10.5f} {:>10.1f} {:>7.2f} {:>8.2f}\n", r.method, r.format,
                r.bits, r.bytes, r.quality, r.quality_fast, r.speed, fp32_us / r.speed, r.quant_seconds);
-  fmt::print("\nus/token: the three layers' GEMVs for one token in fast mode, one thread (fp32: our dense GEMV)\n");
+  fmt::print("\nus/token: the three layers' GEMVs for one token in fast mode, one thread (fp32: our dense GEMV; W8A8: "
+             "its int8 x int8 GEMV, the one mode it has)\n");
   fmt::print("total {:.1f} s\n", seconds_since(t0));
   return rows;
 }
@@ -464,11 +496,57 @@ std::vector<row> run_model(const args& a, const std::vector<report::format_entry
   const eval_result ref = evaluate(m, eval, nullptr);
   std::vector<row> rows;
   rows.push_back({"fp32", "fp32", 32.0, m.linear_bytes() + other_bytes, ref.ppl, 0.0, 1.0, ref.tokens_per_s, 0.0});
-  const std::size_t total = a.methods.size() * a.formats.size();
+  const bool sq = std::find(a.methods.begin(), a.methods.end(), "sq-w8a8") != a.methods.end();
+  const std::size_t total = (a.methods.size() - (sq ? 1 : 0)) * a.formats.size() + (sq ? 1 : 0);
   std::size_t done = 0;
   quant::thread_pool pool;
+  if (sq) {
+    progress(++done, total, "sq-w8a8", t0);
+    for (const bool smooth : {false, true}) {
+      // a fresh copy: smoothing rewrites the fp32 norms and weights
+      llama2c::model ms = llama2c::model::load(a.model);
+      const auto t1 = clock_type::now();
+      if (smooth) {
+        // SmoothQuant's statistics: max |x| per channel of the inputs of q/k/v and of w1/w3, on the
+        // calibration stories, through the fp32 model (one pass)
+        std::vector<quant::smoothquant::activation_stats> att, ffn;
+        for (std::size_t l = 0; l < c.n_layers; ++l) att.emplace_back(c.dim), ffn.emplace_back(c.dim);
+        llama2c::state st(c);
+        st.capture = [&](std::size_t l, llama2c::kind k, std::span<const float> in) {
+          const quant::matrix_view<const float> x(in.data(), 1, in.size());
+          if (k == llama2c::kind::wq) att[l].add(x);
+          if (k == llama2c::kind::w1) ffn[l].add(x);
+        };
+        for (const auto& seq : calib)
+          for (std::size_t pos = 0; pos < seq.size(); ++pos) llama2c::forward(ms, st, seq[pos], pos);
+        for (std::size_t l = 0; l < c.n_layers; ++l) {
+          using K = llama2c::kind;
+          auto fold = [&](std::span<float> norm, const quant::smoothquant::activation_stats& stats, std::initializer_list<K> ks) {
+            std::vector<quant::matrix_view<float>> ws;
+            std::vector<quant::matrix_view<const float>> cws;
+            for (K k : ks) ws.push_back(ms.source_mutable(l, k)), cws.push_back(ms.source(l, k));
+            std::vector<float> s(norm.size());
+            quant::smoothquant::factors(stats.max_abs(), cws, s);
+            quant::smoothquant::smooth(norm, {}, ws, s);
+          };
+          fold(ms.rms_att_mutable(l), att[l], {K::wq, K::wk, K::wv});
+          fold(ms.rms_ffn_mutable(l), ffn[l], {K::w1, K::w3});
+        }
+      }
+      for (std::size_t l = 0; l < c.n_layers; ++l)
+        for (auto k : llama2c::all_kinds) ms.set(l, k, std::make_unique<report::w8a8_linear>(ms.source(l, k)));
+      row r{smooth ? "sq" : "w8a8", smooth ? "W8A8 smoothed a=0.5" : "W8A8 not smoothed"};
+      r.quant_seconds = seconds_since(t1);
+      r.bits = 8.0 * static_cast<double>(ms.linear_bytes()) / static_cast<double>(linear_weights);
+      r.bytes = ms.linear_bytes() + other_bytes;
+      const eval_result e = evaluate(ms, eval, &ref.argmax);
+      r.quality = e.ppl, r.agree = e.agree, r.speed = e.tokens_per_s;
+      rows.push_back(r);
+    }
+  }
   for (const auto& meth : a.methods)
     for (const auto& key : a.formats) {
+      if (meth == "sq-w8a8") continue;
       const auto& f = *std::find_if(formats.begin(), formats.end(), [&](const auto& e) { return e.key == key; });
       progress(++done, total, meth + " " + f.name, t0);
       m.reset_fp32();
