@@ -40,6 +40,7 @@
 #include <vector>
 
 #include <quant/quant.hpp>
+#include <xsimd/xsimd.hpp>
 
 namespace llama2c {
 
@@ -292,24 +293,23 @@ class dense_linear final : public linear {
   std::size_t rows() const override { return rows_; }
   std::size_t cols() const override { return cols_; }
 
-  /// sum a[i] b[i] in float, in 8 interleaved partial sums (independent chains the compiler
-  /// can vectorize; the order of the sum is fixed, whatever the compiler does).
+  /// sum a[i] b[i] in float: four independent SIMD accumulators of the build's widest vectors
+  /// (xsimd's default arch; enough chains to hide the FMA latency), then a fixed-order reduction.
   static float dot(const float* a, const float* b, std::size_t n) noexcept {
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+    using batch = xsimd::batch<float>;
+    constexpr std::size_t w = batch::size;
+    batch s0(0.0f), s1(0.0f), s2(0.0f), s3(0.0f);
     std::size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-      s0 += a[i] * b[i];
-      s1 += a[i + 1] * b[i + 1];
-      s2 += a[i + 2] * b[i + 2];
-      s3 += a[i + 3] * b[i + 3];
-      s4 += a[i + 4] * b[i + 4];
-      s5 += a[i + 5] * b[i + 5];
-      s6 += a[i + 6] * b[i + 6];
-      s7 += a[i + 7] * b[i + 7];
+    for (; i + 4 * w <= n; i += 4 * w) {
+      s0 = xsimd::fma(batch::load_unaligned(a + i), batch::load_unaligned(b + i), s0);
+      s1 = xsimd::fma(batch::load_unaligned(a + i + w), batch::load_unaligned(b + i + w), s1);
+      s2 = xsimd::fma(batch::load_unaligned(a + i + 2 * w), batch::load_unaligned(b + i + 2 * w), s2);
+      s3 = xsimd::fma(batch::load_unaligned(a + i + 3 * w), batch::load_unaligned(b + i + 3 * w), s3);
     }
+    for (; i + w <= n; i += w) s0 = xsimd::fma(batch::load_unaligned(a + i), batch::load_unaligned(b + i), s0);
     float tail = 0;
     for (; i < n; ++i) tail += a[i] * b[i];
-    return (((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))) + tail;
+    return xsimd::hadd((s0 + s1) + (s2 + s3)) + tail;
   }
 
  private:
