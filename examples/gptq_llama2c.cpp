@@ -117,14 +117,9 @@ int run(const args& a, const Gran& gran) {
   llama2c::model m = llama2c::model::load(a.model);
   llama2c::tokenizer tok;
   tok.load(a.tokenizer, m.cfg().vocab_size);
-  const auto stories = llama2c::split_stories(llama2c::read_text(a.text));
-  if (a.calib_first + a.calib_stories > stories.size() || a.eval_stories > stories.size())
-    throw std::invalid_argument(fmt::format("{} has {} stories; --calib-first {} --calib-stories {} --eval-stories {} "
-                                            "need more",
-                                            a.text.string(), stories.size(), a.calib_first, a.calib_stories,
-                                            a.eval_stories));
-  const auto calib = llama2c::encode_stories(tok, stories, a.calib_first, a.calib_stories, m.cfg().seq_len);
-  const auto eval = llama2c::encode_stories(tok, stories, 0, a.eval_stories, m.cfg().seq_len);
+  const auto [calib, eval] =
+      llama2c::split_text(tok, a.text, a.calib_first, a.calib_stories, a.eval_stories, m.cfg().seq_len);
+  const auto stories = llama2c::split_stories(llama2c::read_text(a.text));  // for perplexity()
   const auto& c = m.cfg();
   fmt::print("GPTQ on {} (dim {}, hidden {}, {} layers), {} {}{}, {}\n", a.model.filename().string(), c.dim,
              c.hidden_dim, c.n_layers, quant::format_traits<F>::name, llama2c::granularity_name(gran),

@@ -471,14 +471,8 @@ std::vector<row> run_model(const args& a, const std::vector<report::format_entry
   llama2c::model m = llama2c::model::load(a.model);
   llama2c::tokenizer tok;
   tok.load(a.tokenizer, m.cfg().vocab_size);
-  const auto stories = llama2c::split_stories(llama2c::read_text(a.text));
-  if (a.calib_first + a.calib_stories > stories.size() || a.eval_stories > stories.size())
-    throw std::invalid_argument(fmt::format("{} has {} stories, too few for --calib-first {} --calib-stories {} "
-                                            "--eval-stories {}",
-                                            a.text.string(), stories.size(), a.calib_first, a.calib_stories,
-                                            a.eval_stories));
-  const auto calib = llama2c::encode_stories(tok, stories, a.calib_first, a.calib_stories, m.cfg().seq_len);
-  const auto eval = llama2c::encode_stories(tok, stories, 0, a.eval_stories, m.cfg().seq_len);
+  const auto [calib, eval] =
+      llama2c::split_text(tok, a.text, a.calib_first, a.calib_stories, a.eval_stories, m.cfg().seq_len);
   const auto& c = m.cfg();
   std::size_t linear_weights = 0;
   for (std::size_t l = 0; l < c.n_layers; ++l)

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <filesystem>
 #include <cstddef>
 #include <functional>
 #include <span>
@@ -71,6 +72,24 @@ inline std::vector<std::vector<int>> encode_stories(const tokenizer& tok, const 
     seqs.push_back(std::move(ids));
   }
   return seqs;
+}
+
+/// The token sequences of a calibration / evaluation split of a story file: evaluation on
+/// stories [0, eval_count), calibration on [calib_first, calib_first + calib_count), which must not
+/// overlap it.
+struct text_split {
+  std::vector<std::vector<int>> calib, eval;
+};
+inline text_split split_text(const tokenizer& tok, const std::filesystem::path& text, std::size_t calib_first,
+                             std::size_t calib_count, std::size_t eval_count, std::size_t seq_len) {
+  const auto stories = split_stories(read_text(text));
+  if (calib_first < eval_count)
+    detail::fail("llama2c::split_text: calibration stories from ", calib_first, " overlap the ", eval_count,
+                 " evaluation stories");
+  if (calib_first + calib_count > stories.size() || eval_count > stories.size())
+    detail::fail("llama2c::split_text: ", text.string(), " has ", stories.size(), " stories, too few for calibration [",
+                 calib_first, ", ", calib_first + calib_count, ") and evaluation [0, ", eval_count, ")");
+  return {encode_stories(tok, stories, calib_first, calib_count, seq_len), encode_stories(tok, stories, 0, eval_count, seq_len)};
 }
 
 /// Total tokens of a set of sequences.
