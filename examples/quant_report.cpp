@@ -13,11 +13,12 @@
 //                                      [--calib-first, +--calib-stories), perplexity, agreement of
 //                                      greedy next-token predictions with fp32 and decode speed
 //                                      on the first --eval-stories stories
-//   methods: rtn, gptq (each x every format), sq-w8a8 (SmoothQuant, alpha 0.5: int8 weights and
-//   int8 per-token activations; next to W8A8 without smoothing)
-//   options: --methods rtn,gptq,sq-w8a8  --formats int8,int4-g128-asym,... (or all)  --csv FILE  --svg FILE
+//   methods: rtn, gptq, awq (each x every format), sq-w8a8 (SmoothQuant, alpha 0.5: int8 weights
+//   and int8 per-token activations; next to W8A8 without smoothing)
+//   options: --methods rtn,gptq,awq,sq-w8a8  --formats int8,int4-g128-asym,... (or all)  --csv FILE  --svg FILE
 //            --fast (fast GEMV mode)  --mse (clip search in the scale fits)  --true-sequential
 //            --act-order  --list  --mixed LOW,HIGH,BITS (model: sensitivity-guided mixed precision)
+#include <quant/algorithms/awq.hpp>
 #include <quant/algorithms/gptq.hpp>
 #include <quant/io/fmt.hpp>
 #include <quant/quant.hpp>
@@ -33,10 +34,12 @@
 #include <fstream>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "llama2c/awq.hpp"
 #include "llama2c/calibrate.hpp"
 #include "llama2c/llama2c.hpp"
 #include "report/formats.hpp"
@@ -49,7 +52,7 @@ namespace fs = std::filesystem;
 using clock_type = std::chrono::steady_clock;
 double seconds_since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
 
-const std::vector<std::string> all_methods{"rtn", "gptq", "sq-w8a8"};
+const std::vector<std::string> all_methods{"rtn", "gptq", "awq", "sq-w8a8"};
 
 struct args {
   fs::path model, tokenizer, text, csv, svg;
@@ -62,7 +65,7 @@ struct args {
 };
 
 const char* usage =
-    "usage: quant-report [--model M [--tokenizer T --text F]] [--methods rtn,gptq,sq-w8a8] [--formats a,b,...|all]\n"
+    "usage: quant-report [--model M [--tokenizer T --text F]] [--methods rtn,gptq,awq,sq-w8a8] [--formats a,b,...|all]\n"
     "                    [--csv FILE] [--svg FILE] [--fast] [--mse] [--true-sequential] [--act-order]\n"
     "                    [--calib-first 200] [--calib-stories 32] [--eval-stories 20] [--list]\n"
     "                    [--mixed LOW,HIGH,BITS]  (with --model: per-layer sensitivity and allocation)\n"
@@ -133,7 +136,7 @@ args parse(int argc, char** argv, const report::format_list& list) {
       a.methods = split(value());
       for (const auto& m : a.methods)
         if (std::find(all_methods.begin(), all_methods.end(), m) == all_methods.end())
-          throw std::invalid_argument("--methods: unknown method '" + m + "' (known: rtn, gptq, sq-w8a8)");
+          throw std::invalid_argument("--methods: unknown method '" + m + "' (known: rtn, gptq, awq, sq-w8a8)");
     } else if (f == "--formats") {
       a.formats = split(value());
       if (a.formats == std::vector<std::string>{"all"}) {
@@ -183,6 +186,27 @@ struct row {
   double speed = 0.0;          ///< synthetic: us per token for the layers; model: tokens/s
   double quant_seconds = 0.0;  ///< quantization (and calibration) time
 };
+
+/// Says plainly which rows of the calibrated methods (gptq, awq) are not better than
+/// round-to-nearest of the same format (lower quality is better: error or perplexity).
+void print_not_better_than_rtn(const std::vector<row>& rows, const char* quality) {
+  std::vector<std::string> worse;
+  std::size_t compared = 0;
+  for (const auto& r : rows) {
+    if (r.method != "gptq" && r.method != "awq") continue;
+    const auto rtn = std::find_if(rows.begin(), rows.end(), [&](const row& o) { return o.method == "rtn" && o.format == r.format; });
+    if (rtn == rows.end()) continue;
+    ++compared;
+    if (!(r.quality < rtn->quality))
+      worse.push_back(fmt::format("{} {} ({:.5g} vs rtn {:.5g})", r.method, r.format, r.quality, rtn->quality));
+  }
+  if (compared == 0) return;
+  if (worse.empty()) fmt::print("every gptq/awq row has a lower {} than rtn of its format\n", quality);
+  else {
+    fmt::print("not better than rtn of the same format ({}):\n", quality);
+    for (const auto& w : worse) fmt::print("  {}\n", w);
+  }
+}
 
 void progress(std::size_t i, std::size_t n, const std::string& what, clock_type::time_point t0) {
   fmt::print(stderr, "[{}/{}] {} ({:.1f} s so far)\n", i, n, what, seconds_since(t0));
@@ -334,15 +358,25 @@ std::vector<row> run_synthetic(const args& a, const std::vector<report::format_e
       quant::gptq::options o;
       o.act_order = a.act_order;
       o.fit = a.fit;
+      quant::awq::options ao;
+      ao.fit = a.fit;
       for (const auto& l : layers) {
         const quant::matrix_view<const float> w(l.w.data(), l.rows, l.cols);
+        // AWQ: nothing before these layers to fold 1/s into, so the layer divides its input by s
+        auto quantize = [&](llama2c::gemv_mode mode) -> std::unique_ptr<llama2c::linear> {
+          if (m == "gptq") return f.gptq(w, l.h, mode, o);
+          if (m == "rtn") return f.rtn(w, mode, a.fit);
+          const quant::matrix_view<const float> xc(l.xc.data(), l.xc.size() / l.cols, l.cols);
+          auto q = f.awq(std::span<const quant::matrix_view<const float>>(&w, 1), xc, mode, ao);
+          return std::make_unique<report::scaled_input_linear>(std::move(q.linears[0]), q.scales);
+        };
         const auto t1 = clock_type::now();
-        auto op = m == "gptq" ? f.gptq(w, l.h, llama2c::gemv_mode::exact, o) : f.rtn(w, llama2c::gemv_mode::exact, a.fit);
+        auto op = quantize(llama2c::gemv_mode::exact);
         r.quant_seconds += seconds_since(t1);
         r.bytes += op->bytes();
         const layer_eval e = evaluate(*op, l);
         ex.err += e.err, ex.ref += e.ref;
-        auto opf = m == "gptq" ? f.gptq(w, l.h, llama2c::gemv_mode::fast, o) : f.rtn(w, llama2c::gemv_mode::fast, a.fit);
+        auto opf = quantize(llama2c::gemv_mode::fast);
         const layer_eval e2 = evaluate(*opf, l);
         fa.err += e2.err, fa.ref += e2.ref, fa.seconds += e2.seconds;
       }
@@ -359,6 +393,10 @@ std::vector<row> run_synthetic(const args& a, const std::vector<report::format_e
                r.bits, r.bytes, r.quality, r.quality_fast, r.speed, fp32_us / r.speed, r.quant_seconds);
   fmt::print("\nus/token: the three layers' GEMVs for one token in fast mode, one thread (fp32: our dense GEMV; W8A8: "
              "its int8 x int8 GEMV, the one mode it has)\n");
+  if (std::find(a.methods.begin(), a.methods.end(), "awq") != a.methods.end())
+    fmt::print("awq: the synthetic layers have no operation before them to fold 1/s into: each divides its input by s "
+               "(its bytes count s)\n");
+  print_not_better_than_rtn(rows, "held-out error, exact");
   fmt::print("total {:.1f} s\n", seconds_since(t0));
   return rows;
 }
@@ -480,7 +518,7 @@ std::vector<row> run_model(const args& a, const std::vector<report::format_entry
   const std::size_t other_bytes = fs::file_size(a.model) - 4 * linear_weights;  // embeddings, norms: fp32
   fmt::print("quant {} report: {} (dim {}, hidden {}, {} layers, {} linear weights), {} GEMV\n", quant::version_string,
              a.model.filename().string(), c.dim, c.hidden_dim, c.n_layers, linear_weights, a.fast ? "fast" : "exact");
-  fmt::print("evaluation: stories [0, {}) of {}, {} tokens; calibration (GPTQ): stories [{}, {}), {} tokens{}\n",
+  fmt::print("evaluation: stories [0, {}) of {}, {} tokens; calibration (GPTQ, AWQ, SmoothQuant): stories [{}, {}), {} tokens{}\n",
              a.eval_stories, a.text.filename().string(), llama2c::token_count(eval), a.calib_first,
              a.calib_first + a.calib_stories, llama2c::token_count(calib),
              a.true_sequential ? ", true-sequential" : ", one capture per layer");
@@ -544,10 +582,21 @@ std::vector<row> run_model(const args& a, const std::vector<report::format_entry
       const auto& f = *std::find_if(formats.begin(), formats.end(), [&](const auto& e) { return e.key == key; });
       progress(++done, total, meth + " " + f.name, t0);
       m.reset_fp32();
+      std::optional<llama2c::model> folded;  // AWQ folds 1/s into the fp32 norms and weights: a copy of its own
+      llama2c::model& mq = meth == "awq" ? folded.emplace(llama2c::model::load(a.model)) : m;
       const auto t1 = clock_type::now();
       if (meth == "rtn") {
         for (std::size_t l = 0; l < c.n_layers; ++l)
           for (auto k : llama2c::all_kinds) m.set(l, k, f.rtn(m.source(l, k), mode, a.fit));
+      } else if (meth == "awq") {
+        quant::awq::options o;
+        o.fit = a.fit;
+        o.search_tokens = 0;  // the scale search on every calibration token, as the original
+        llama2c::awq_sequential(
+            mq, calib, {},
+            [&](std::span<const quant::matrix_view<const float>> layers, quant::matrix_view<const float> x,
+                const quant::awq::options& og) { return f.awq(layers, x, mode, og); },
+            o, {}, pool);
       } else {
         quant::gptq::options o;
         o.act_order = a.act_order;
@@ -563,9 +612,9 @@ std::vector<row> run_model(const args& a, const std::vector<report::format_entry
       }
       row r{meth, f.name};
       r.quant_seconds = seconds_since(t1);
-      r.bits = 8.0 * static_cast<double>(m.linear_bytes()) / static_cast<double>(linear_weights);
-      r.bytes = m.linear_bytes() + other_bytes;
-      const eval_result e = evaluate(m, eval, &ref.argmax);
+      r.bits = 8.0 * static_cast<double>(mq.linear_bytes()) / static_cast<double>(linear_weights);
+      r.bytes = mq.linear_bytes() + other_bytes;
+      const eval_result e = evaluate(mq, eval, &ref.argmax);
       r.quality = e.ppl;
       r.agree = e.agree;
       r.speed = e.tokens_per_s;
@@ -579,6 +628,7 @@ std::vector<row> run_model(const args& a, const std::vector<report::format_entry
                r.bits, r.bytes, r.quality, 100.0 * (r.quality / ref.ppl - 1.0), 100.0 * r.agree, r.speed,
                r.quant_seconds);
   fmt::print("\ntok/s: teacher-forced forward passes per second over the evaluation text, one thread\n");
+  print_not_better_than_rtn(rows, "perplexity");
   fmt::print("total {:.1f} s\n", seconds_since(t0));
   return rows;
 }

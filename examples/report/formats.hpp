@@ -1,6 +1,7 @@
 // report/formats.hpp: the formats quant-report compares, each with what every method needs to
 // produce a llama2c::linear in that format: round-to-nearest from the weights, GPTQ from the
-// weights and the Hessian of the layer's inputs.
+// weights and the Hessian of the layer's inputs, AWQ from the weights of the layers that share an
+// input and their calibration inputs.
 #pragma once
 
 #include <functional>
@@ -9,10 +10,12 @@
 #include <string>
 #include <vector>
 
+#include <quant/algorithms/awq.hpp>
 #include <quant/algorithms/gptq.hpp>
 #include <quant/algorithms/smoothquant.hpp>
 #include <quant/quant.hpp>
 
+#include "../llama2c/awq.hpp"
 #include "../llama2c/llama2c.hpp"
 
 namespace report {
@@ -29,6 +32,12 @@ struct format_entry {
   std::function<std::unique_ptr<llama2c::linear>(quant::matrix_view<const float> w, std::span<const float> h,
                                                  llama2c::gemv_mode, const quant::gptq::options&)>
       gptq;
+  /// AWQ of the layers that share the calibration inputs x (tokens x cols): their linears, for
+  /// the input x / s, and s.
+  std::function<llama2c::awq_group_result(std::span<const quant::matrix_view<const float>> layers,
+                                          quant::matrix_view<const float> x, llama2c::gemv_mode,
+                                          const quant::awq::options&)>
+      awq;
 };
 
 template <class F, class Gran>
@@ -43,6 +52,15 @@ format_entry make_format(std::string name, std::string key, Gran gran = Gran{}) 
   e.gptq = [gran](quant::matrix_view<const float> w, std::span<const float> h, llama2c::gemv_mode mode,
                   const quant::gptq::options& o) -> std::unique_ptr<llama2c::linear> {
     return std::make_unique<llama2c::quantized_linear<F, Gran>>(quant::gptq::quantize<F>(w, h, gran, o), mode);
+  };
+  e.awq = [gran](std::span<const quant::matrix_view<const float>> layers, quant::matrix_view<const float> x,
+                 llama2c::gemv_mode mode, const quant::awq::options& o) {
+    quant::awq::result<F, Gran> res = quant::awq::quantize<F>(layers, x, gran, o);
+    llama2c::awq_group_result r;
+    for (auto& t : res.tensors) r.linears.push_back(std::make_unique<llama2c::quantized_linear<F, Gran>>(std::move(t), mode));
+    r.scales = std::move(res.scales);
+    r.rep = res.rep;
+    return r;
   };
   return e;
 }
@@ -72,6 +90,33 @@ class w8a8_linear final : public llama2c::linear {
 
  private:
   quant::w8a8::weights w_;
+  std::vector<float> inv_;
+};
+
+/// A linear layer whose input is divided by s before the inner layer runs (AWQ's scales where there
+/// is no operation before the layer to fold them into, as for the report's synthetic layers).
+class scaled_input_linear final : public llama2c::linear {
+ public:
+  scaled_input_linear(std::unique_ptr<llama2c::linear> inner, std::span<const float> s)
+      : inner_(std::move(inner)), inv_(s.size()) {
+    if (!inner_ || inner_->cols() != s.size())
+      llama2c::detail::fail("report::scaled_input_linear: s has ", s.size(), " elements, expected the layer's cols");
+    for (std::size_t j = 0; j < s.size(); ++j) inv_[j] = 1.0f / s[j];
+  }
+  void forward(std::span<const float> x, std::span<float> y) const override {
+    check_io(x, y);
+    thread_local std::vector<float> xs;
+    xs.resize(x.size());
+    for (std::size_t j = 0; j < x.size(); ++j) xs[j] = x[j] * inv_[j];
+    inner_->forward(xs, y);
+  }
+  std::size_t bytes() const override { return inner_->bytes() + inv_.size() * sizeof(float); }
+  std::size_t rows() const override { return inner_->rows(); }
+  std::size_t cols() const override { return inner_->cols(); }
+  std::string describe() const override { return inner_->describe() + ", input / s"; }
+
+ private:
+  std::unique_ptr<llama2c::linear> inner_;
   std::vector<float> inv_;
 };
 
