@@ -581,5 +581,9 @@ TEST_CASE("smoothquant target: W8A8 with smoothing on a layer with outlier chann
   CHECK(e1 < 0.025);
   // Measured 2.77x here (2.75-2.92x over seeds 1-7): the int8 error of the heavy-tailed weights
   // alone is 0.023 of the unsmoothed 0.052, which bounds what smoothing the activations can gain.
+  // alpha 0.5 is the best of a sweep on this layer (held-out ratio 2.12, 2.62, 2.74, 2.78, 2.69,
+  // 2.54, 2.06 for alpha 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7), so searching alpha would not reach
+  // 3x either; with the lighter-tailed Student-t(5) weights of quant-report's synthetic block the
+  // ratio is 3.3x.
   CHECK_MESSAGE(ratio >= 2.6, "smoothing lowers the W8A8 error only ", ratio, "x");
 }
