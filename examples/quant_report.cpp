@@ -396,7 +396,7 @@ std::vector<row> run_synthetic(const args& a, const std::vector<report::format_e
   if (std::find(a.methods.begin(), a.methods.end(), "awq") != a.methods.end())
     fmt::print("awq: the synthetic layers have no operation before them to fold 1/s into: each divides its input by s "
                "(its bytes count s)\n");
-  print_not_better_than_rtn(rows, "held-out error, exact");
+  print_not_better_than_rtn(rows, "held-out error in exact mode");
   fmt::print("total {:.1f} s\n", seconds_since(t0));
   return rows;
 }
