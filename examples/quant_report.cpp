@@ -18,6 +18,7 @@
 //   options: --methods rtn,gptq,awq,sq-w8a8  --formats int8,int4-g128-asym,... (or all)  --csv FILE  --svg FILE
 //            --fast (fast GEMV mode)  --mse (clip search in the scale fits)  --true-sequential
 //            --act-order  --list  --mixed LOW,HIGH,BITS (model: sensitivity-guided mixed precision)
+//            --kv-cache FORMAT [--kv-fast] (model: the attention KV cache of every evaluation, fp32 default)
 #include <quant/algorithms/awq.hpp>
 #include <quant/algorithms/gptq.hpp>
 #include <quant/io/fmt.hpp>
@@ -62,6 +63,7 @@ struct args {
   std::size_t calib_first = 200, calib_stories = 32, eval_stories = 20;
   std::string mixed_low, mixed_high;  ///< --mixed LOW,HIGH,BUDGET (model mode)
   double mixed_budget = 0.0;
+  llama2c::kv_config kv{llama2c::kv_format::fp32};  ///< --kv-cache, --kv-fast (model mode)
 };
 
 const char* usage =
@@ -69,6 +71,7 @@ const char* usage =
     "                    [--csv FILE] [--svg FILE] [--fast] [--mse] [--true-sequential] [--act-order]\n"
     "                    [--calib-first 200] [--calib-stories 32] [--eval-stories 20] [--list]\n"
     "                    [--mixed LOW,HIGH,BITS]  (with --model: per-layer sensitivity and allocation)\n"
+    "                    [--kv-cache fp32|fp32-kernels|int8|int4|int4-asym|fp8-e4m3|fp8-e5m2 [--kv-fast]]  (with --model)\n"
     "without --model: synthetic layers of one transformer block (dim 1024); --list: the formats";
 
 std::vector<std::string> split(const std::string& s) {
@@ -114,6 +117,8 @@ args parse(int argc, char** argv, const report::format_list& list) {
     else if (f == "--mse") a.fit.search = quant::scale_search::mse;
     else if (f == "--true-sequential") a.true_sequential = true;
     else if (f == "--act-order") a.act_order = true;
+    else if (f == "--kv-cache") a.kv.format = llama2c::parse_kv_format(value());
+    else if (f == "--kv-fast") a.kv.mode = quant::attention_mode::fast;
     else if (f == "--calib-first") a.calib_first = count_arg(value(), f);
     else if (f == "--calib-stories") a.calib_stories = count_arg(value(), f);
     else if (f == "--eval-stories") a.eval_stories = count_arg(value(), f);
@@ -158,6 +163,8 @@ args parse(int argc, char** argv, const report::format_list& list) {
   }
   if (a.methods.empty() || a.formats.empty()) throw std::invalid_argument("nothing to do: no methods or no formats");
   if (!a.mixed_low.empty() && a.model.empty()) throw std::invalid_argument("--mixed needs --model");
+  if ((a.kv.format != llama2c::kv_format::fp32 || a.kv.mode != quant::attention_mode::exact) && a.model.empty())
+    throw std::invalid_argument("--kv-cache and --kv-fast need --model");
   if (!a.model.empty()) {
     // the tokenizer and the text default to the files next to the checkpoint (../shared/models)
     const fs::path dir = a.model.parent_path();
@@ -410,9 +417,10 @@ struct eval_result {
 
 /// Teacher-forced evaluation of the sequences: perplexity, the greedy prediction at every
 /// position (compared with `reference` when given) and the forward passes per second.
-eval_result evaluate(const llama2c::model& m, const std::vector<std::vector<int>>& seqs, const std::vector<int>* reference) {
+eval_result evaluate(const llama2c::model& m, const std::vector<std::vector<int>>& seqs, const std::vector<int>* reference,
+                     const llama2c::kv_config& kv) {
   eval_result r;
-  llama2c::state s(m.cfg());
+  llama2c::state s(m.cfg(), kv);
   double nll = 0.0;
   std::size_t n = 0, same = 0;
   const auto t0 = clock_type::now();
@@ -458,7 +466,7 @@ void mixed_precision(const args& a, const std::vector<report::format_entry>& for
   std::vector<report::layer_cost> costs;
   const std::vector<std::vector<int>> probe(calib.begin(), calib.begin() + std::min<std::size_t>(8, calib.size()));
   m.reset_fp32();
-  const double base = std::log(evaluate(m, probe, nullptr).ppl);
+  const double base = std::log(evaluate(m, probe, nullptr, {}).ppl);
   std::size_t lo_total = 0, hi_total = 0;
   for (std::size_t l = 0; l < c.n_layers; ++l)
     for (auto k : llama2c::all_kinds) {
@@ -466,7 +474,7 @@ void mixed_precision(const args& a, const std::vector<report::format_entry>& for
       const std::size_t lb = q->bytes(), hb = hi.rtn(m.source(l, k), mode, a.fit)->bytes();
       m.set(l, k, std::move(q));
       items.push_back({l, k});
-      costs.push_back({std::log(evaluate(m, probe, nullptr).ppl) - base, lb, hb});
+      costs.push_back({std::log(evaluate(m, probe, nullptr, {}).ppl) - base, lb, hb});
       m.set(l, k, std::make_unique<llama2c::dense_linear>(m.source(l, k)));
       lo_total += lb, hi_total += hb;
     }
@@ -497,7 +505,7 @@ void mixed_precision(const args& a, const std::vector<report::format_entry>& for
     r.quant_seconds = seconds_since(t1);
     r.bits = 8.0 * static_cast<double>(m.linear_bytes()) / static_cast<double>(linear_weights);
     r.bytes = m.linear_bytes() + other_bytes;
-    const eval_result e = evaluate(m, eval, &ref.argmax);
+    const eval_result e = evaluate(m, eval, &ref.argmax, a.kv);
     r.quality = e.ppl, r.agree = e.agree, r.speed = e.tokens_per_s;
     rows.push_back(r);
   }
@@ -523,11 +531,22 @@ std::vector<row> run_model(const args& a, const std::vector<report::format_entry
              a.calib_first + a.calib_stories, llama2c::token_count(calib),
              a.true_sequential ? ", true-sequential" : ", one capture per layer");
   fmt::print("agree: greedy next-token prediction equal to fp32's; model bytes: linears as quantized + the rest in "
-             "fp32\n\n");
+             "fp32\n");
+  {
+    const llama2c::state st(c, a.kv);
+    fmt::print("KV cache: {}{}\n\n", st.kv ? st.kv->describe() : "fp32 (the engine's own)",
+               a.kv.format == llama2c::kv_format::fp32 ? "" : "; the fp32 row keeps the fp32 cache, every other row uses this one");
+  }
   const llama2c::gemv_mode mode = a.fast ? llama2c::gemv_mode::fast : llama2c::gemv_mode::exact;
-  const eval_result ref = evaluate(m, eval, nullptr);
+  const eval_result ref = evaluate(m, eval, nullptr, {});  // fp32 weights and KV cache
   std::vector<row> rows;
   rows.push_back({"fp32", "fp32", 32.0, m.linear_bytes() + other_bytes, ref.ppl, 0.0, 1.0, ref.tokens_per_s, 0.0});
+  if (a.kv.format != llama2c::kv_format::fp32 || a.kv.mode != quant::attention_mode::exact) {
+    // the KV cache alone: fp32 weights (every row below runs with this cache)
+    const eval_result e = evaluate(m, eval, &ref.argmax, a.kv);
+    rows.push_back({"kv", fmt::format("{} KV{}", llama2c::name(a.kv.format), a.kv.mode == quant::attention_mode::fast ? " fast" : ""),
+                    32.0, m.linear_bytes() + other_bytes, e.ppl, 0.0, e.agree, e.tokens_per_s, 0.0});
+  }
   const bool sq = std::find(a.methods.begin(), a.methods.end(), "sq-w8a8") != a.methods.end();
   const std::size_t total = (a.methods.size() - (sq ? 1 : 0)) * a.formats.size() + (sq ? 1 : 0);
   std::size_t done = 0;
@@ -571,7 +590,7 @@ std::vector<row> run_model(const args& a, const std::vector<report::format_entry
       r.quant_seconds = seconds_since(t1);
       r.bits = 8.0 * static_cast<double>(ms.linear_bytes()) / static_cast<double>(linear_weights);
       r.bytes = ms.linear_bytes() + other_bytes;
-      const eval_result e = evaluate(ms, eval, &ref.argmax);
+      const eval_result e = evaluate(ms, eval, &ref.argmax, a.kv);
       r.quality = e.ppl, r.agree = e.agree, r.speed = e.tokens_per_s;
       rows.push_back(r);
     }
@@ -614,7 +633,7 @@ std::vector<row> run_model(const args& a, const std::vector<report::format_entry
       r.quant_seconds = seconds_since(t1);
       r.bits = 8.0 * static_cast<double>(mq.linear_bytes()) / static_cast<double>(linear_weights);
       r.bytes = mq.linear_bytes() + other_bytes;
-      const eval_result e = evaluate(mq, eval, &ref.argmax);
+      const eval_result e = evaluate(mq, eval, &ref.argmax, a.kv);
       r.quality = e.ppl;
       r.agree = e.agree;
       r.speed = e.tokens_per_s;
@@ -649,7 +668,7 @@ void write_outputs(const args& a, const std::vector<row>& rows, bool model) {
   if (!a.svg.empty()) {
     std::vector<report::plot_point> pts;
     for (const auto& r : rows)
-      if (r.method != "fp32") pts.push_back({r.method, r.format, r.bits, r.quality});
+      if (r.method != "fp32" && r.method != "kv") pts.push_back({r.method, r.format, r.bits, r.quality});
     const std::string svg = report::scatter_svg(
         model ? "perplexity against bits per weight" : "layer output error against bits per weight", "bits per weight",
         model ? "perplexity" : "relative output error (held-out)", pts, true);

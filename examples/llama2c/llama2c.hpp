@@ -39,6 +39,7 @@
 #include <utility>
 #include <vector>
 
+#include <quant/kv_cache.hpp>
 #include <quant/quant.hpp>
 #include <xsimd/xsimd.hpp>
 
@@ -129,10 +130,14 @@ struct weights {
   std::vector<float> rms_final;        ///< dim
   std::vector<float> wcls;             ///< vocab x dim; empty when the classifier is shared
 
-  /// The fp32 matrix of linear (layer, k). Throws llama2c::error for a layer out of range.
+  /// The fp32 matrix of linear (layer, k). Throws llama2c::error for a layer out of range, or when
+  /// the linears of kind k are absent (a model assembled from quantized parts keeps none).
   quant::matrix_view<const float> matrix(std::size_t layer, kind k) const {
     if (layer >= cfg.n_layers) detail::fail("llama2c: layer ", layer, " out of range (n_layers = ", cfg.n_layers, ")");
     const std::size_t r = rows_of(cfg, k), c = cols_of(cfg, k);
+    if (linear[static_cast<std::size_t>(k)].size() < (layer + 1) * r * c)
+      detail::fail("llama2c: no fp32 weights of ", name(k), ".", layer,
+                   " (the model was assembled from its linears, without fp32 sources)");
     return {linear[static_cast<std::size_t>(k)].data() + layer * r * c, r, c};
   }
   /// The same, writable.
@@ -144,6 +149,9 @@ struct weights {
   /// The classifier matrix (vocab x dim): the token embedding when shared, else wcls.
   quant::matrix_view<const float> classifier() const {
     const auto& w = cfg.shared_classifier ? token_embedding : wcls;
+    if (w.size() != cfg.vocab_size * cfg.dim)
+      detail::fail("llama2c: no fp32 classifier weights (", cfg.shared_classifier ? "token_embedding" : "wcls", " has ",
+                   w.size(), " elements, expected vocab_size x dim = ", cfg.vocab_size * cfg.dim, ")");
     return {w.data(), cfg.vocab_size, cfg.dim};
   }
 };
@@ -372,37 +380,69 @@ std::unique_ptr<linear> make_quantized(quant::matrix_view<const float> w, gemv_m
 
 /// A llama2.c transformer: the fp32 weights plus one replaceable `linear` per (layer, kind) and
 /// a replaceable classifier. Initially every linear is fp32 and views the fp32 weights, which
-/// the model keeps (source()) so that callers can quantize layers and install the results.
-/// Movable, not copyable.
+/// the model keeps (source()) so that callers can quantize layers and install the results. A
+/// model can also be assembled from its linears alone, without fp32 sources (what
+/// llama2c/save.hpp loads a saved quantized model into). Movable, not copyable.
 class model {
  public:
   /// Takes the weights (checked against their config); every linear starts as a dense_linear
   /// over them.
   explicit model(weights w) : w_(std::move(w)) {
     validate(w_.cfg, "llama2c::model");
-    const config& c = w_.cfg;
-    auto need = [&](const std::vector<float>& v, std::size_t n, std::string_view what) {
-      if (v.size() != n)
-        detail::fail("llama2c::model: tensor ", what, " has ", v.size(), " elements, the config needs ", n);
-    };
-    need(w_.token_embedding, c.vocab_size * c.dim, "token_embedding");
-    need(w_.rms_att, c.n_layers * c.dim, "rms_att");
-    need(w_.rms_ffn, c.n_layers * c.dim, "rms_ffn");
-    need(w_.rms_final, c.dim, "rms_final");
-    if (!c.shared_classifier) need(w_.wcls, c.vocab_size * c.dim, "wcls");
-    for (kind k : all_kinds)
-      need(w_.linear[static_cast<std::size_t>(k)], c.n_layers * rows_of(c, k) * cols_of(c, k), name(k));
+    check_common(true);
+    check_linear_sources();
     reset_fp32();
   }
   /// load_checkpoint(path), then the model.
   static model load(const std::filesystem::path& path) { return model(load_checkpoint(path)); }
 
+  /// One linear of a model assembled from parts: a linear to install (op), or, with op null, fp32
+  /// weights (rows x cols, row-major) that the model keeps and runs as a dense_linear.
+  struct part {
+    std::unique_ptr<linear> op;
+    std::vector<float> fp32;
+  };
+  /// A model assembled from its linears, with no fp32 linear sources (what a saved quantized model
+  /// loads into: it runs without the checkpoint). w holds the configuration, the embedding and
+  /// the norms, and w.linear is empty (or complete, as for the constructor above); parts holds
+  /// n_layers x 7 linears, layer-major in all_kinds order; the classifier is `classifier`, or fp32
+  /// over w.classifier() (the embedding when shared, else w.wcls) when null. Throws llama2c::error
+  /// for a size or shape that does not match the configuration.
+  model(weights w, std::vector<part> parts, std::unique_ptr<linear> classifier = nullptr) : w_(std::move(w)) {
+    validate(w_.cfg, "llama2c::model");
+    const config& c = w_.cfg;
+    check_common(classifier == nullptr);
+    const bool none = std::all_of(w_.linear.begin(), w_.linear.end(), [](const auto& v) { return v.empty(); });
+    if (!none) check_linear_sources();
+    if (parts.size() != c.n_layers * all_kinds.size())
+      detail::fail("llama2c::model: ", parts.size(), " linears given, the config needs n_layers x 7 = ",
+                   c.n_layers * all_kinds.size());
+    linears_.resize(parts.size());
+    fp32_.assign(parts.size(), nullptr);
+    owned_.resize(parts.size());
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+      const std::size_t l = i / all_kinds.size();
+      const kind k = all_kinds[i % all_kinds.size()];
+      if (parts[i].op) set(l, k, std::move(parts[i].op));
+      else set_fp32(l, k, std::move(parts[i].fp32));
+    }
+    if (classifier) {
+      set_classifier(std::move(classifier));
+    } else {
+      classifier_ = std::make_unique<dense_linear>(w_.classifier());
+      own_classifier_ = true;
+    }
+  }
+
   /// The hyperparameters.
   const config& cfg() const noexcept { return w_.cfg; }
   /// The fp32 weights the model was built from (unchanged by set()).
   const weights& source() const noexcept { return w_; }
-  /// The fp32 source matrix of linear (layer, k): what to quantize.
+  /// The fp32 source matrix of linear (layer, k): what to quantize. Throws llama2c::error when
+  /// the model has no fp32 sources (has_source()).
   quant::matrix_view<const float> source(std::size_t layer, kind k) const { return w_.matrix(layer, k); }
+  /// False for a model assembled from parts without fp32 linear sources.
+  bool has_source() const noexcept { return !w_.linear[0].empty(); }
 
   /// The linear (layer, k) the forward pass runs.
   const linear& get(std::size_t layer, kind k) const { return *linears_[index(layer, k)]; }
@@ -411,19 +451,59 @@ class model {
     const std::size_t i = index(layer, k);
     check_shape(l, rows_of(cfg(), k), cols_of(cfg(), k), detail::cat(name(k), ".", layer));
     linears_[i] = std::move(l);
+    fp32_[i] = nullptr;
+  }
+  /// Makes linear (layer, k) fp32 over its source weights (as reset_fp32 does for all).
+  void set_fp32(std::size_t layer, kind k) {
+    const auto w = source(layer, k);
+    set(layer, k, std::make_unique<dense_linear>(w));
+    fp32_[index(layer, k)] = w.data();
+  }
+  /// Makes linear (layer, k) fp32 with weights w (rows x cols, row-major), which the model keeps
+  /// (replacing what an earlier call of this kind kept for the slot).
+  void set_fp32(std::size_t layer, kind k, std::vector<float> w) {
+    const std::size_t i = index(layer, k), r = rows_of(cfg(), k), c = cols_of(cfg(), k);
+    if (w.size() != r * c)
+      detail::fail("llama2c::model::set_fp32: ", name(k), ".", layer, " has ", w.size(), " weights, expected ", r, " x ",
+                   c);
+    auto l = std::make_unique<dense_linear>(quant::matrix_view<const float>(w.data(), r, c));
+    linears_[i] = std::move(l);
+    owned_[i] = std::move(w);  // the heap buffer (and the view) stay where they are
+    fp32_[i] = owned_[i].data();
+  }
+  /// The fp32 weights of linear (layer, k) when it is one of the model's own fp32 linears (set
+  /// by reset_fp32, set_fp32 or an fp32 part; not a dense_linear installed with set()), else an
+  /// empty view. What a saver reads.
+  quant::matrix_view<const float> fp32_weights(std::size_t layer, kind k) const {
+    const float* p = fp32_[index(layer, k)];
+    if (!p) return {};
+    return {p, rows_of(cfg(), k), cols_of(cfg(), k)};
   }
   /// The classifier (vocab x dim), fp32 over the source weights unless replaced.
   const linear& classifier() const noexcept { return *classifier_; }
   void set_classifier(std::unique_ptr<linear> l) {
     check_shape(l, cfg().vocab_size, cfg().dim, "classifier");
     classifier_ = std::move(l);
+    own_classifier_ = false;
   }
-  /// Every linear and the classifier back to fp32 (dense views of the source weights).
+  /// True while the classifier is the model's own fp32 one over source().classifier() (the
+  /// token embedding when shared, else wcls), not one installed with set_classifier().
+  bool fp32_classifier() const noexcept { return own_classifier_; }
+  /// Every linear and the classifier back to fp32 (dense views of the source weights). Throws
+  /// llama2c::error when the model has no fp32 sources.
   void reset_fp32() {
+    if (!has_source())
+      detail::fail("llama2c::model::reset_fp32: the model has no fp32 sources (it was assembled from its linears)");
     linears_.clear();
+    fp32_.clear();
+    owned_.assign(cfg().n_layers * all_kinds.size(), {});
     for (std::size_t l = 0; l < cfg().n_layers; ++l)
-      for (kind k : all_kinds) linears_.push_back(std::make_unique<dense_linear>(source(l, k)));
+      for (kind k : all_kinds) {
+        linears_.push_back(std::make_unique<dense_linear>(source(l, k)));
+        fp32_.push_back(source(l, k).data());
+      }
     classifier_ = std::make_unique<dense_linear>(w_.classifier());
+    own_classifier_ = true;
   }
   /// Bytes of the 7 x n_layers linears as currently stored (the classifier not included).
   std::size_t linear_bytes() const {
@@ -464,6 +544,23 @@ class model {
       detail::fail("llama2c::model: layer ", layer, " out of range (n_layers = ", cfg().n_layers, ")");
     return {v.data() + layer * cfg().dim, cfg().dim};
   }
+  static void need(const std::vector<float>& v, std::size_t n, std::string_view what) {
+    if (v.size() != n) detail::fail("llama2c::model: tensor ", what, " has ", v.size(), " elements, the config needs ", n);
+  }
+  // The embedding and norms, and wcls when the fp32 classifier needs it (or when present).
+  void check_common(bool fp32_classifier) const {
+    const config& c = w_.cfg;
+    need(w_.token_embedding, c.vocab_size * c.dim, "token_embedding");
+    need(w_.rms_att, c.n_layers * c.dim, "rms_att");
+    need(w_.rms_ffn, c.n_layers * c.dim, "rms_ffn");
+    need(w_.rms_final, c.dim, "rms_final");
+    if ((!c.shared_classifier && fp32_classifier) || !w_.wcls.empty()) need(w_.wcls, c.vocab_size * c.dim, "wcls");
+  }
+  void check_linear_sources() const {
+    const config& c = w_.cfg;
+    for (kind k : all_kinds)
+      need(w_.linear[static_cast<std::size_t>(k)], c.n_layers * rows_of(c, k) * cols_of(c, k), name(k));
+  }
   static void check_shape(const std::unique_ptr<linear>& l, std::size_t rows, std::size_t cols, const std::string& what) {
     if (!l) detail::fail("llama2c::model: null linear for ", what);
     if (l->rows() != rows || l->cols() != cols)
@@ -472,7 +569,10 @@ class model {
 
   weights w_;
   std::vector<std::unique_ptr<linear>> linears_;  // layer-major, 7 per layer
+  std::vector<const float*> fp32_;                // per linear: its weights when one of our own fp32 linears
+  std::vector<std::vector<float>> owned_;         // per linear: fp32 weights kept by set_fp32(l, k, w)
   std::unique_ptr<linear> classifier_;
+  bool own_classifier_ = false;                   // classifier_ is fp32 over w_.classifier()
 };
 
 /// Round-to-nearest quantization of every linear (wq..w3 of every layer) of m into
@@ -491,6 +591,173 @@ void quantize_all(model& m, gemv_mode mode = gemv_mode::exact, const Gran& gran 
 /// valid only during the call. This is what GPTQ/AWQ calibration records.
 using capture_fn = std::function<void(std::size_t layer, kind k, std::span<const float> input)>;
 
+// ---- the KV cache ------------------------------------------------------------------------------
+
+/// The KV-cache formats forward can run with. fp32 (the default) is the engine's own fp32 cache
+/// and attention loop; every other format keeps the K and V of all layers in one buffer, a
+/// quant::kv_cache_view per layer over it, and runs quant::attention (quant/kv_cache.hpp):
+///   fp32_kernels  fp32 rows through quant's attention kernels (what the others are compared with)
+///   int8          int8, one scale per token and head
+///   int4          int4, symmetric, one scale per token and per 32 dims of a head
+///   int4_asym     the same with a zero point per scale
+///   fp8_e4m3      fp8 e4m3, one scale per token and head
+///   fp8_e5m2      fp8 e5m2, one scale per token and head
+/// Scales are float.
+enum class kv_format { fp32, fp32_kernels, int8, int4, int4_asym, fp8_e4m3, fp8_e5m2 };
+/// Every KV-cache format, default first.
+inline constexpr std::array<kv_format, 7> all_kv_formats = {kv_format::fp32,     kv_format::fp32_kernels,
+                                                            kv_format::int8,     kv_format::int4,
+                                                            kv_format::int4_asym, kv_format::fp8_e4m3,
+                                                            kv_format::fp8_e5m2};
+/// "fp32", "fp32-kernels", "int8", "int4", "int4-asym", "fp8-e4m3", "fp8-e5m2".
+constexpr std::string_view name(kv_format f) noexcept {
+  constexpr std::array<std::string_view, 7> names = {"fp32", "fp32-kernels", "int8", "int4", "int4-asym", "fp8-e4m3",
+                                                     "fp8-e5m2"};
+  return names[static_cast<std::size_t>(f)];
+}
+/// The format named s (as name() spells it). Throws llama2c::error listing the names otherwise.
+inline kv_format parse_kv_format(std::string_view s) {
+  for (kv_format f : all_kv_formats)
+    if (name(f) == s) return f;
+  std::string names;
+  for (kv_format f : all_kv_formats) names += detail::cat(names.empty() ? "" : ", ", name(f));
+  detail::fail("llama2c: unknown KV-cache format '", s, "' (one of ", names, ")");
+}
+
+/// A KV-cache format and the arithmetic of quant's attention kernels over it (exact: fp32 q and
+/// float dot products; fast: int8 q and integer / bf16 dot products, quant::attention_mode).
+/// Made implicitly from a kv_format (exact).
+struct kv_config {
+  kv_format format = kv_format::fp32;
+  quant::attention_mode mode = quant::attention_mode::exact;
+  kv_config() = default;
+  kv_config(kv_format f, quant::attention_mode m = quant::attention_mode::exact) : format(f), mode(m) {}  // NOLINT
+};
+
+/// Where forward keeps K and V when the state has a quantized cache: store the current
+/// position's K and V of a layer, attend over the first n positions.
+struct kv_store {
+  virtual ~kv_store() = default;
+  /// Writes K and V (kv_dim floats each, RoPE applied to K) of position pos of a layer.
+  virtual void store(std::size_t layer, std::size_t pos, std::span<const float> k, std::span<const float> v) = 0;
+  /// out (dim) = causal attention of q (dim, RoPE applied; n_heads query heads) over positions
+  /// [0, n) of a layer, head after head.
+  virtual void attend(std::size_t layer, std::span<const float> q, std::size_t n, std::span<float> out) = 0;
+  /// Bytes one position occupies (K and V of every layer, scales included).
+  virtual std::size_t bytes_per_token() const = 0;
+  /// E.g. "int8 per_channel<sym, f32> KV cache, 5 layers x 512 positions".
+  virtual std::string describe() const = 0;
+  /// A copy with its own cache (copied).
+  virtual std::unique_ptr<kv_store> clone() const = 0;
+};
+
+/// A kv_store over quant::kv_cache_view<F, Gran>: one 64-byte-aligned buffer for all layers
+/// (each layer's view at a multiple of its buffer size), and the attention workspace for up to
+/// seq_len positions; nothing is allocated per token.
+template <class F, class Gran>
+class quant_kv_store final : public kv_store {
+ public:
+  explicit quant_kv_store(const config& c, quant::attention_mode mode = quant::attention_mode::exact,
+                          const Gran& gran = {})
+      : cfg_(c), dims_{c.n_kv_heads, c.head_size(), c.seq_len}, gran_(gran), mode_(mode) {
+    layer_bytes_ = quant::kv_storage<F, Gran>(dims_, gran_).buffer_bytes();
+    buf_ = aligned(layer_bytes_ * c.n_layers);
+    bind();
+  }
+  quant_kv_store(const quant_kv_store& o)
+      : cfg_(o.cfg_), dims_(o.dims_), gran_(o.gran_), mode_(o.mode_), layer_bytes_(o.layer_bytes_) {
+    buf_ = aligned(layer_bytes_ * cfg_.n_layers);
+    std::memcpy(buf_.get(), o.buf_.get(), layer_bytes_ * cfg_.n_layers);
+    bind();
+  }
+  quant_kv_store& operator=(const quant_kv_store&) = delete;
+
+  void store(std::size_t layer, std::size_t pos, std::span<const float> k, std::span<const float> v) override {
+    views_.at(layer).write(pos, k, v);
+  }
+  void attend(std::size_t layer, std::span<const float> q, std::size_t n, std::span<float> out) override {
+    const std::size_t hs = cfg_.head_size();
+    quant::attention(views_.at(layer), quant::matrix_view<const float>(q.data(), cfg_.n_heads, hs), n,
+                     quant::matrix_view<float>(out.data(), cfg_.n_heads, hs), std::span<std::byte>(ws_.get(), ws_bytes_),
+                     {0.0f, mode_});
+  }
+  std::size_t bytes_per_token() const override {
+    return cfg_.n_layers * quant::kv_storage<F, Gran>(dims_, gran_).bytes_per_token();
+  }
+  std::string describe() const override {
+    std::string what = "fp32";
+    if constexpr (!std::is_same_v<F, float>) what = detail::cat(quant::format_traits<F>::name, " ", granularity_name(gran_));
+    return detail::cat(what, " KV cache (quant::attention, ",
+                       mode_ == quant::attention_mode::fast ? "fast" : "exact", "), ", cfg_.n_layers, " layers x ",
+                       cfg_.seq_len, " positions, ", bytes_per_token(), " bytes per position");
+  }
+  std::unique_ptr<kv_store> clone() const override { return std::make_unique<quant_kv_store>(*this); }
+
+ private:
+  struct aligned_delete {
+    void operator()(std::byte* p) const noexcept { ::operator delete[](p, std::align_val_t{64}); }
+  };
+  using buffer = std::unique_ptr<std::byte[], aligned_delete>;
+  static buffer aligned(std::size_t n) {
+    buffer b(static_cast<std::byte*>(::operator new[](n, std::align_val_t{64})));
+    std::memset(b.get(), 0, n);
+    return b;
+  }
+  void bind() {
+    views_.clear();
+    for (std::size_t l = 0; l < cfg_.n_layers; ++l)
+      views_.push_back(quant::kv_cache_view<F, Gran>::bind({buf_.get() + l * layer_bytes_, layer_bytes_}, dims_, gran_));
+    ws_bytes_ = quant::attention_workspace_size(views_[0], cfg_.n_heads, cfg_.seq_len);
+    ws_ = aligned(ws_bytes_);
+  }
+
+  config cfg_;
+  quant::kv_dims dims_;
+  Gran gran_;
+  quant::attention_mode mode_;
+  std::size_t layer_bytes_ = 0, ws_bytes_ = 0;
+  buffer buf_, ws_;
+  std::vector<quant::kv_cache_view<F, Gran>> views_;
+};
+
+/// The store of kv.format for configuration c, running kv.mode; null for kv_format::fp32 (the
+/// engine's own cache).
+inline std::unique_ptr<kv_store> make_kv_store(kv_config kv, const config& c) {
+  using namespace quant;
+  const attention_mode m = kv.mode;
+  switch (kv.format) {
+    case kv_format::fp32: return nullptr;
+    case kv_format::fp32_kernels: return std::make_unique<quant_kv_store<float, per_channel<>>>(c, m);
+    case kv_format::int8: return std::make_unique<quant_kv_store<int8, per_channel<>>>(c, m);
+    case kv_format::int4: return std::make_unique<quant_kv_store<int4, per_group<32>>>(c, m);
+    case kv_format::int4_asym: return std::make_unique<quant_kv_store<int4, per_group<32, asymmetric>>>(c, m);
+    case kv_format::fp8_e4m3: return std::make_unique<quant_kv_store<fp8_e4m3, per_channel<>>>(c, m);
+    case kv_format::fp8_e5m2: return std::make_unique<quant_kv_store<fp8_e5m2, per_channel<>>>(c, m);
+  }
+  detail::fail("llama2c::make_kv_store: invalid kv_format ", static_cast<int>(kv.format));
+}
+
+/// Owns a kv_store; a copy clones it, so a copied state has a cache of its own.
+class kv_store_ptr {
+ public:
+  kv_store_ptr() = default;
+  explicit kv_store_ptr(std::unique_ptr<kv_store> p) noexcept : p_(std::move(p)) {}
+  kv_store_ptr(const kv_store_ptr& o) : p_(o.p_ ? o.p_->clone() : nullptr) {}
+  kv_store_ptr(kv_store_ptr&&) noexcept = default;
+  kv_store_ptr& operator=(const kv_store_ptr& o) {
+    if (this != &o) p_ = o.p_ ? o.p_->clone() : nullptr;
+    return *this;
+  }
+  kv_store_ptr& operator=(kv_store_ptr&&) noexcept = default;
+  ~kv_store_ptr() = default;
+  kv_store* get() const noexcept { return p_.get(); }
+  kv_store* operator->() const noexcept { return p_.get(); }
+  explicit operator bool() const noexcept { return p_ != nullptr; }
+
+ private:
+  std::unique_ptr<kv_store> p_;
+};
+
 /// The activations of one sequence: the KV cache (n_layers x seq_len x kv_dim, for K and V) and
 /// the scratch buffers of forward. Positions must be fed in order 0, 1, 2, ... (forward at pos
 /// reads the cache rows 0..pos); start again at 0 for a new sequence.
@@ -499,15 +766,32 @@ struct state {
       : cfg(c), x(c.dim), xb(c.dim), xb2(c.dim), hb(c.hidden_dim), hb2(c.hidden_dim), q(c.dim), att(c.seq_len),
         rope_cos(c.head_size() / 2), rope_sin(c.head_size() / 2), logits(c.vocab_size),
         key_cache(c.n_layers * c.seq_len * c.kv_dim()), value_cache(c.n_layers * c.seq_len * c.kv_dim()) {}
+  /// The same with a KV cache of format f.format: fp32 is the constructor above; any other format
+  /// keeps K and V in kv (make_kv_store, attention in f.mode) and leaves key_cache and value_cache
+  /// empty.
+  state(const config& c, kv_config f) : state(c) {
+    kv = kv_store_ptr(make_kv_store(f, c));
+    if (kv) {
+      std::vector<float>().swap(key_cache);
+      std::vector<float>().swap(value_cache);
+      k_now.resize(c.kv_dim());
+      v_now.resize(c.kv_dim());
+    }
+  }
 
   config cfg;  ///< the configuration the buffers are sized for
   /// Scratch: x the residual stream (after forward: the final normalized hidden state), xb/xb2
   /// (dim) and hb/hb2 (hidden_dim) the layer inputs and outputs, q, att (attention weights of one
   /// head), the RoPE cos/sin of the position, logits (vocab) the result of forward.
   std::vector<float> x, xb, xb2, hb, hb2, q, att, rope_cos, rope_sin, logits;
-  /// K and V of every layer and position so far: n_layers x seq_len x kv_dim each.
+  /// K and V of every layer and position so far: n_layers x seq_len x kv_dim each (fp32 cache).
   std::vector<float> key_cache, value_cache;
   capture_fn capture;                     ///< optional: sees the input of every linear
+  /// A quantized (or fp32-kernels) KV cache; null: the fp32 cache above. Set by state(c, f), or
+  /// by hand with any kv_store (e.g. one that records K, V and q).
+  kv_store_ptr kv;
+  /// With kv: K and V of the current position (kv_dim each) before they are stored.
+  std::vector<float> k_now, v_now;
 };
 
 namespace detail {
@@ -559,8 +843,9 @@ inline std::span<const float> forward(const model& m, state& s, int token, std::
     const std::span<const float> xb(s.xb);
     if (s.capture) s.capture(l, kind::wq, xb);
     const std::size_t cache_off = l * c.seq_len * kv_dim;
-    float* k = s.key_cache.data() + cache_off + pos * kv_dim;
-    float* v = s.value_cache.data() + cache_off + pos * kv_dim;
+    if (s.kv && s.k_now.size() != kv_dim) s.k_now.resize(kv_dim), s.v_now.resize(kv_dim);
+    float* k = s.kv ? s.k_now.data() : s.key_cache.data() + cache_off + pos * kv_dim;
+    float* v = s.kv ? s.v_now.data() : s.value_cache.data() + cache_off + pos * kv_dim;
     m.get(l, kind::wq).forward(xb, s.q);
     m.get(l, kind::wk).forward(xb, {k, kv_dim});
     m.get(l, kind::wv).forward(xb, {v, kv_dim});
@@ -575,7 +860,12 @@ inline std::span<const float> forward(const model& m, state& s, int token, std::
         k[i + 1] = k0 * fs + k1 * fc;
       }
     }
-    for (std::size_t h = 0; h < c.n_heads; ++h) {
+    if (s.kv) {  // a quant KV cache: store this position, attend over positions 0..pos
+      s.kv->store(l, pos, {k, kv_dim}, {v, kv_dim});
+      s.kv->attend(l, s.q, pos + 1, s.xb);
+    }
+    // otherwise the engine's own fp32 cache and loop (no iteration with a kv store)
+    for (std::size_t h = 0; h < (s.kv ? 0 : c.n_heads); ++h) {
       const float* qh = s.q.data() + h * hs;
       const std::size_t kv_off = cache_off + (h / kv_mul) * hs;
       float* att = s.att.data();
@@ -823,16 +1113,17 @@ struct perplexity_result {
 
 /// Teacher-forced perplexity over stories[first, first + count): each story is BOS + encode(story),
 /// truncated to seq_len tokens, run in a fresh context; every position after BOS is scored (the
-/// log-softmax is computed in double). Throws llama2c::error when the range is outside stories.
+/// log-softmax is computed in double), with a KV cache of format kv (state(cfg, kv)). Throws
+/// llama2c::error when the range is outside stories.
 inline perplexity_result perplexity(const model& m, const tokenizer& tok, const std::vector<std::string>& stories,
-                                    std::size_t first, std::size_t count) {
+                                    std::size_t first, std::size_t count, kv_config kv = {}) {
   if (first > stories.size() || count > stories.size() - first)
     detail::fail("llama2c::perplexity: stories [", first, ", ", first + count, ") are outside the ", stories.size(),
                  " stories given");
   if (tok.vocab_size() != m.cfg().vocab_size)
     detail::fail("llama2c::perplexity: tokenizer vocab_size ", tok.vocab_size(), " != model vocab_size ",
                  m.cfg().vocab_size);
-  state s(m.cfg());
+  state s(m.cfg(), kv);
   perplexity_result r;
   for (std::size_t i = first; i < first + count; ++i) {
     std::vector<int> ids = tok.encode(stories[i], true);
@@ -861,8 +1152,9 @@ struct generation {
 
 /// Greedy decoding: runs BOS + encode(prompt) through the model, then appends the argmax token
 /// until `steps` positions have run (at most seq_len) or BOS/EOS is predicted. As llama2.c's
-/// generate: with an empty prompt, steps = n gives n new tokens.
-inline generation generate(const model& m, const tokenizer& tok, std::string_view prompt, std::size_t steps) {
+/// generate: with an empty prompt, steps = n gives n new tokens. kv: the KV-cache format.
+inline generation generate(const model& m, const tokenizer& tok, std::string_view prompt, std::size_t steps,
+                           kv_config kv = {}) {
   if (tok.vocab_size() != m.cfg().vocab_size)
     detail::fail("llama2c::generate: tokenizer vocab_size ", tok.vocab_size(), " != model vocab_size ",
                  m.cfg().vocab_size);
@@ -873,7 +1165,7 @@ inline generation generate(const model& m, const tokenizer& tok, std::string_vie
     detail::fail("llama2c::generate: the prompt has ", g.prompt_tokens, " tokens, more than seq_len = ", m.cfg().seq_len);
   for (std::size_t i = 1; i < g.tokens.size(); ++i) g.text += tok.decode(g.tokens[i - 1], g.tokens[i]);
   steps = std::min(steps, m.cfg().seq_len);
-  state s(m.cfg());
+  state s(m.cfg(), kv);
   for (std::size_t pos = 0; pos < steps; ++pos) {
     const auto logits = forward(m, s, g.tokens[pos], pos);
     if (pos + 1 < g.tokens.size()) continue;  // still inside the prompt

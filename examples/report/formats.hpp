@@ -17,6 +17,7 @@
 
 #include "../llama2c/awq.hpp"
 #include "../llama2c/llama2c.hpp"
+#include "../llama2c/save.hpp"
 
 namespace report {
 
@@ -65,33 +66,10 @@ format_entry make_format(std::string name, std::string key, Gran gran = Gran{}) 
   return e;
 }
 
-/// A W8A8 linear layer (SmoothQuant's path): int8 per-channel weights of W diag(s), and per call
-/// the input divided by s (when the scales could not be folded into the operation before) and
-/// quantized per token to int8, then an int8 x int8 product.
-class w8a8_linear final : public llama2c::linear {
- public:
-  /// s empty: no smoothing (or smoothing already folded into w and the operation before).
-  w8a8_linear(quant::matrix_view<const float> w, std::vector<float> s = {})
-      : w_(s.empty() ? quant::w8a8::quantize_weights(w) : quant::smoothquant::quantize(w, s)), inv_(s.size()) {
-    for (std::size_t j = 0; j < s.size(); ++j) inv_[j] = 1.0f / s[j];
-  }
-  void forward(std::span<const float> x, std::span<float> y) const override {
-    check_io(x, y);
-    if (inv_.empty()) return quant::w8a8::gemv(w_, x, y);
-    thread_local std::vector<float> xs;
-    xs.resize(x.size());
-    for (std::size_t j = 0; j < x.size(); ++j) xs[j] = x[j] * inv_[j];
-    quant::w8a8::gemv(w_, xs, y);
-  }
-  std::size_t bytes() const override { return w_.bytes() + inv_.size() * sizeof(float); }
-  std::size_t rows() const override { return w_.rows(); }
-  std::size_t cols() const override { return w_.cols(); }
-  std::string describe() const override { return "W8A8 int8 per-channel, int8 per-token activations"; }
-
- private:
-  quant::w8a8::weights w_;
-  std::vector<float> inv_;
-};
+/// A W8A8 linear layer (SmoothQuant's path): int8 per-channel weights of W diag(s), the input
+/// divided by s when the scales could not be folded into the operation before (llama2c/save.hpp
+/// defines it, so that models with W8A8 layers can be saved).
+using w8a8_linear = llama2c::w8a8_linear;
 
 /// A linear layer whose input is divided by s before the inner layer runs (AWQ's scales where there
 /// is no operation before the layer to fold them into, as for the report's synthetic layers).
