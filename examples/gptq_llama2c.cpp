@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "llama2c/calibrate.hpp"
 #include "llama2c/llama2c.hpp"
 
@@ -45,25 +46,9 @@ const char* usage =
     "formats: int4-g32 (asymmetric, the default), int4-g128, int4-channel, int3-g128, nf4-g64, mxfp4\n"
     "held-out stories: the first --eval-stories of the text; calibration: --calib-stories from --calib-first";
 
-std::size_t parse_count(const std::string& v, const std::string& flag) {
-  std::size_t used = 0;
-  unsigned long long n = 0;
-  try {
-    n = std::stoull(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != v.size() || v.empty() || v[0] == '-') throw std::invalid_argument(flag + ": expected a count, got '" + v + "'");
-  return static_cast<std::size_t>(n);
-}
-
 args parse(int argc, char** argv) {
   args a;
-#ifdef QUANT_EXAMPLE_MODELS_DIR
-  const fs::path dir = QUANT_EXAMPLE_MODELS_DIR;
-#else
-  const fs::path dir = "../shared/models";
-#endif
+  const fs::path dir = cli::models_dir();
   a.model = dir / "stories260K.bin";
   a.tokenizer = dir / "tok512.bin";
   a.text = dir / "tinystories_valid.txt";
@@ -79,9 +64,9 @@ args parse(int argc, char** argv) {
     else if (f == "--format") a.format = value();
     else if (f == "--act-order") a.act_order = true;
     else if (f == "--no-true-sequential") a.true_sequential = false;
-    else if (f == "--calib-first") a.calib_first = parse_count(value(), f);
-    else if (f == "--calib-stories") a.calib_stories = parse_count(value(), f);
-    else if (f == "--eval-stories") a.eval_stories = parse_count(value(), f);
+    else if (f == "--calib-first") a.calib_first = cli::parse_count(value(), f);
+    else if (f == "--calib-stories") a.calib_stories = cli::parse_count(value(), f);
+    else if (f == "--eval-stories") a.eval_stories = cli::parse_count(value(), f);
     else if (f == "--help" || f == "-h") {
       std::puts(usage);
       std::exit(0);

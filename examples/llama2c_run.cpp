@@ -22,6 +22,7 @@
 
 #include <fmt/format.h>
 
+#include "cli.hpp"
 #include "llama2c/llama2c.hpp"
 
 namespace {
@@ -52,14 +53,6 @@ struct bad_usage : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-fs::path models_dir() {
-#ifdef QUANT_EXAMPLE_MODELS_DIR
-  return QUANT_EXAMPLE_MODELS_DIR;
-#else
-  return "../shared/models";
-#endif
-}
-
 std::size_t parse_count(std::string_view flag, std::string_view v) {
   std::size_t n = 0;
   const auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
@@ -77,8 +70,8 @@ double quantize_model(llama2c::model& m, llama2c::gemv_mode mode, const quant::q
 }
 
 int run(int argc, char** argv) {
-  fs::path model_path = models_dir() / "stories260K.bin", tok_path = models_dir() / "tok512.bin",
-           text_path = models_dir() / "tinystories_valid.txt";
+  fs::path model_path = cli::models_dir() / "stories260K.bin", tok_path = cli::models_dir() / "tok512.bin",
+           text_path = cli::models_dir() / "tinystories_valid.txt";
   std::optional<std::size_t> stories, steps;
   std::optional<std::string> prompt;
   std::string format = "fp32";

@@ -54,6 +54,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cli.hpp"
 #include "llama2c/calibrate.hpp"
 #include "llama2c/llama2c.hpp"
 
@@ -84,25 +85,9 @@ const char* usage =
     "--init: QAT starts from the round-to-nearest parameters (min-max, the default), the mse search's, or from GPTQ's\n"
     "        weights and parameters; --synthetic: the synthetic layer even when the checkpoint is there";
 
-std::size_t parse_count(const std::string& v, const std::string& flag) {
-  std::size_t used = 0;
-  unsigned long long n = 0;
-  try {
-    n = std::stoull(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != v.size() || v.empty() || v[0] == '-') throw std::invalid_argument(flag + ": expected a count, got '" + v + "'");
-  return static_cast<std::size_t>(n);
-}
-
 args parse(int argc, char** argv) {
   args a;
-#ifdef QUANT_EXAMPLE_MODELS_DIR
-  const fs::path dir = QUANT_EXAMPLE_MODELS_DIR;
-#else
-  const fs::path dir = "../shared/models";
-#endif
+  const fs::path dir = cli::models_dir();
   a.model = dir / "stories260K.bin";
   a.tokenizer = dir / "tok512.bin";
   a.text = dir / "tinystories_valid.txt";
@@ -124,7 +109,7 @@ args parse(int argc, char** argv) {
         b = e + 1;
       }
       if (a.formats.empty()) throw std::invalid_argument("--formats: no format given");
-    } else if (f == "--steps") a.steps = parse_count(value(), f);
+    } else if (f == "--steps") a.steps = cli::parse_count(value(), f);
     else if (f == "--lr") {
       const std::string v = value();
       std::size_t used = 0;
@@ -149,10 +134,10 @@ args parse(int argc, char** argv) {
       else if (v == "mse") a.init = init_kind::mse;
       else if (v == "gptq") a.init = init_kind::gptq;
       else throw std::invalid_argument("--init: expected rtn, mse or gptq, got '" + v + "'");
-    } else if (f == "--calib-first") a.calib_first = parse_count(value(), f);
-    else if (f == "--calib-stories") a.calib_stories = parse_count(value(), f);
-    else if (f == "--eval-stories") a.eval_stories = parse_count(value(), f);
-    else if (f == "--threads") a.threads = parse_count(value(), f);
+    } else if (f == "--calib-first") a.calib_first = cli::parse_count(value(), f);
+    else if (f == "--calib-stories") a.calib_stories = cli::parse_count(value(), f);
+    else if (f == "--eval-stories") a.eval_stories = cli::parse_count(value(), f);
+    else if (f == "--threads") a.threads = cli::parse_count(value(), f);
     else if (f == "--per-layer") a.per_layer = true;
     else if (f == "--synthetic") a.synthetic = true;
     else if (f == "--help" || f == "-h") {

@@ -40,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "llama2c/awq.hpp"
 #include "llama2c/calibrate.hpp"
 #include "llama2c/llama2c.hpp"
@@ -86,18 +87,6 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
-std::size_t count_arg(const std::string& v, const std::string& flag) {
-  std::size_t used = 0;
-  unsigned long long n = 0;
-  try {
-    n = std::stoull(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (v.empty() || used != v.size() || v[0] == '-') throw std::invalid_argument(flag + ": expected a count, got '" + v + "'");
-  return static_cast<std::size_t>(n);
-}
-
 args parse(int argc, char** argv, const report::format_list& list) {
   const auto& formats = list.entries;
   args a;
@@ -119,9 +108,9 @@ args parse(int argc, char** argv, const report::format_list& list) {
     else if (f == "--act-order") a.act_order = true;
     else if (f == "--kv-cache") a.kv.format = llama2c::parse_kv_format(value());
     else if (f == "--kv-fast") a.kv.mode = quant::attention_mode::fast;
-    else if (f == "--calib-first") a.calib_first = count_arg(value(), f);
-    else if (f == "--calib-stories") a.calib_stories = count_arg(value(), f);
-    else if (f == "--eval-stories") a.eval_stories = count_arg(value(), f);
+    else if (f == "--calib-first") a.calib_first = cli::parse_count(value(), f);
+    else if (f == "--calib-stories") a.calib_stories = cli::parse_count(value(), f);
+    else if (f == "--eval-stories") a.eval_stories = cli::parse_count(value(), f);
     else if (f == "--mixed") {
       const auto v = split(value());
       if (v.size() != 3) throw std::invalid_argument("--mixed: expected LOW,HIGH,BITS, e.g. int3-g128,int4-g32-asym,3.8");

@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.hpp"
 #include "llama2c/calibrate.hpp"
 #include "llama2c/llama2c.hpp"
 #include "llama2c/save.hpp"
@@ -52,18 +53,6 @@ const char* usage =
     "                      [--tokenizer T --text F] [--calib-first 200] [--calib-stories 32] [--eval-stories 20]\n"
     "       quantize_model --load OUT.qmodel [--tokenizer T --text F] [--eval-stories 20]\n"
     "       quantize_model --list   (the format keys)";
-
-std::size_t count_arg(const std::string& v, const std::string& flag) {
-  std::size_t used = 0;
-  unsigned long long n = 0;
-  try {
-    n = std::stoull(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (v.empty() || used != v.size() || v[0] == '-') throw std::invalid_argument(flag + ": expected a count, got '" + v + "'");
-  return static_cast<std::size_t>(n);
-}
 
 /// The tokenizer and text next to `file` when not given.
 void default_files(args& a, const fs::path& file) {
@@ -92,9 +81,9 @@ args parse(int argc, char** argv, const report::format_list& formats) {
     else if (f == "--fast") a.fast = true;
     else if (f == "--act-order") a.act_order = true;
     else if (f == "--mse") a.fit.search = quant::scale_search::mse;
-    else if (f == "--calib-first") a.calib_first = count_arg(value(), f);
-    else if (f == "--calib-stories") a.calib_stories = count_arg(value(), f);
-    else if (f == "--eval-stories") a.eval_stories = count_arg(value(), f);
+    else if (f == "--calib-first") a.calib_first = cli::parse_count(value(), f);
+    else if (f == "--calib-stories") a.calib_stories = cli::parse_count(value(), f);
+    else if (f == "--eval-stories") a.eval_stories = cli::parse_count(value(), f);
     else if (f == "--list") {
       for (const auto& e : formats.entries) fmt::print("{:<16} {}\n", e.key, e.name);
       fmt::print("{:<16} {}\n", "w8a8", "W8A8 int8 per-channel weights, int8 per-token activations (rtn only)");
