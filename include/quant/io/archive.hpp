@@ -644,7 +644,8 @@ class reader {
   }
   /// Reads the whole file at path into a 64-byte-aligned buffer and verifies it.
   static reader open(const std::filesystem::path& path) {
-    const std::string who = "quant::archive::reader::open: " + path.string();
+    std::string who = "quant::archive::reader::open: ";
+    who += path.string();
     std::error_code ec;
     const std::uintmax_t n = std::filesystem::file_size(path, ec);
     if (ec) detail::fail(who, ": cannot open (", ec.message(), ")");
@@ -718,8 +719,8 @@ class reader {
     const record_info& r = tensor_record(name, "quant::archive::reader::visit");
     const auto candidates = [] {
       std::string names;
-      ((names += (names.empty() ? "" : ", ") + type_name<typename detail::tensor_type<Tensors>::format,
-                                                          typename detail::tensor_type<Tensors>::granularity>()),
+      ((names += names.empty() ? "" : ", ",
+        names += type_name<typename detail::tensor_type<Tensors>::format, typename detail::tensor_type<Tensors>::granularity>()),
        ...);
       return names;
     };
@@ -843,7 +844,10 @@ inline void reader::parse(std::span<const std::byte> b) {
   const std::byte* const h = b.data();
   auto bytes_hex = [](const void* p, std::size_t n) {
     std::string s;
-    for (std::size_t i = 0; i < n; ++i) s += (i ? " " : "") + hex(static_cast<const unsigned char*>(p)[i]).substr(2);
+    for (std::size_t i = 0; i < n; ++i) {  // appended piece by piece: GCC 12's -Wrestrict misfires on
+      if (i) s += ' ';                      // `const char* + std::string&&` (GCC bug 105329)
+      s += hex(static_cast<const unsigned char*>(p)[i]).substr(2);
+    }
     return s;
   };
   if (size < magic.size())
