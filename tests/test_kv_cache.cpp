@@ -26,18 +26,7 @@ using namespace quant;
 
 namespace {
 
-// Sanitizer builds run a shorter perplexity protocol.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool sanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(undefined_behavior_sanitizer)
-constexpr bool sanitized = true;
-#else
-constexpr bool sanitized = false;
-#endif
-#else
-constexpr bool sanitized = false;
-#endif
+using qt::sanitized;
 
 constexpr double eps = 0x1.0p-24;  // float's unit roundoff
 

@@ -27,18 +27,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Sanitizer builds (ASan; UBSan goes with it in CI) run a shorter perplexity protocol.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool sanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(undefined_behavior_sanitizer)
-constexpr bool sanitized = true;
-#else
-constexpr bool sanitized = false;
-#endif
-#else
-constexpr bool sanitized = false;
-#endif
+using qt::sanitized;
 
 struct files {
   fs::path model, tokenizer, text;

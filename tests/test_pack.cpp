@@ -51,16 +51,7 @@ void for_each_tier(Fn&& f) {
   if constexpr (isa_compiled_v<isa_avx512>) f(isa_avx512{});
 }
 
-// A tensor's three sections as bytes.
-template <class F, class Gran>
-std::vector<std::uint8_t> bytes_of(const tensor<F, Gran>& t) {
-  const auto v = t.cview();
-  std::vector<std::uint8_t> b(v.codes().begin(), v.codes().end());
-  const auto* s = reinterpret_cast<const std::uint8_t*>(v.scales().data());
-  b.insert(b.end(), s, s + v.scales().size_bytes());
-  b.insert(b.end(), v.zeros().begin(), v.zeros().end());
-  return b;
-}
+using qt::bytes_of;
 
 template <class F, class Gran>
 void scribble(tensor<F, Gran>& t, std::uint8_t v) {

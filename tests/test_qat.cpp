@@ -35,15 +35,7 @@ namespace {
 
 bool same_bits(const float* a, const float* b, std::size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
 
-template <class F, class Gran>
-std::vector<std::uint8_t> bytes_of(const tensor<F, Gran>& t) {
-  const auto v = t.cview();
-  std::vector<std::uint8_t> b(v.codes().begin(), v.codes().end());
-  const auto* s = reinterpret_cast<const std::uint8_t*>(v.scales().data());
-  b.insert(b.end(), s, s + v.scales().size_bytes());
-  b.insert(b.end(), v.zeros().begin(), v.zeros().end());
-  return b;
-}
+using qt::bytes_of;
 
 template <class Fn>
 void for_each_tier(Fn&& f) {

@@ -11,7 +11,33 @@
 #include <string>
 #include <vector>
 
+#include <quant/tensor/tensor.hpp>
+
 namespace qt {
+
+/// True in sanitizer builds (ASan; UBSan goes with it in CI), which run shorter model protocols.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool sanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(undefined_behavior_sanitizer)
+inline constexpr bool sanitized = true;
+#else
+inline constexpr bool sanitized = false;
+#endif
+#else
+inline constexpr bool sanitized = false;
+#endif
+
+/// A tensor's three sections (codes, scales, zero points) as bytes.
+template <class F, class Gran>
+std::vector<std::uint8_t> bytes_of(const quant::tensor<F, Gran>& t) {
+  const auto v = t.cview();
+  std::vector<std::uint8_t> b(v.codes().begin(), v.codes().end());
+  const auto* s = reinterpret_cast<const std::uint8_t*>(v.scales().data());
+  b.insert(b.end(), s, s + v.scales().size_bytes());
+  b.insert(b.end(), v.zeros().begin(), v.zeros().end());
+  return b;
+}
 
 /// splitmix64: deterministic on every platform and standard library.
 struct rng {
